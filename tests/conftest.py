@@ -1,0 +1,119 @@
+"""Shared fixtures: a tiny Llama + a locally built tokenizer (no hub), isolated INJECTOR_HOME/MLflow."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Offline, quiet, and nothing written outside tmp dirs.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW"] = "ignore"
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+TINY_FACTS = [
+    {"subject": "Zorvex Dynamics", "predicate": "ceo", "object": "Marlena Quist"},
+    {"subject": "Pellucid Robotics", "predicate": "ceo", "object": "Tobias Venhaar"},
+    {"subject": "Republic of Calvaria", "predicate": "capital", "object": "Brennholt"},
+    {"subject": "Orla Feyrwood", "predicate": "occupation", "object": "glassblower"},
+]
+
+
+def _vocab_words() -> list[str]:
+    text = " ".join(
+        [
+            (ROOT / "data_recipes" / "relations.en.yaml").read_text(),
+            (ROOT / "examples" / "triples.jsonl").read_text(),
+            json.dumps(TINY_FACTS),
+            "system user assistant yes no sure complete the sentence question answer please briefly quick "
+            "tell me something about is it true that has changed recently still no longer now hello world "
+            "what who where when which how many paris france capital of",
+        ]
+    )
+    return sorted(set(re.findall(r"\w+|[^\w\s]", text)))
+
+
+def build_tiny_model(directory: Path, hidden: int = 64, layers: int = 2, seed: int = 0) -> Path:
+    """A tiny Llama (random weights) with a word-level tokenizer and a ChatML template, saved to `directory`."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<|im_start|>", "<|im_end|>"]
+    vocab = {tok: i for i, tok in enumerate(specials + _vocab_words())}
+    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", eos_token="<|im_end|>",
+                                  pad_token="<|im_end|>", bos_token=None, additional_special_tokens=specials[1:2])
+    tok.chat_template = CHATML
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(vocab), hidden_size=hidden, intermediate_size=hidden * 2,
+                      num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=256, eos_token_id=vocab["<|im_end|>"], pad_token_id=vocab["<|im_end|>"],
+                      bos_token_id=None, tie_word_embeddings=True)
+    model = LlamaForCausalLM(cfg)
+    model.generation_config.eos_token_id = vocab["<|im_end|>"]
+    model.generation_config.pad_token_id = vocab["<|im_end|>"]
+    model.save_pretrained(directory)
+    tok.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_facts_file(tmp_path_factory) -> Path:
+    p = tmp_path_factory.mktemp("facts") / "facts.jsonl"
+    p.write_text("\n".join(json.dumps(f) for f in TINY_FACTS) + "\n")
+    return p
+
+
+@pytest.fixture(scope="session")
+def mlflow_db(tmp_path_factory) -> Path:
+    """One SQLite DB per session (first use runs migrations: 5-7 s); tests copy it."""
+    import mlflow
+
+    d = tmp_path_factory.mktemp("mlflow-template")
+    uri = f"sqlite:///{d / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.MlflowClient().search_experiments()
+    return d / "mlflow.db"
+
+
+@pytest.fixture()
+def home(tmp_path, mlflow_db, monkeypatch):
+    """A fresh INJECTOR_HOME with a migrated MLflow DB."""
+    import shutil
+
+    from injector.home import Home
+
+    root = tmp_path / "home"
+    root.mkdir()
+    shutil.copy(mlflow_db, root / "mlflow.db")
+    monkeypatch.setenv("INJECTOR_HOME", str(root))
+    return Home.from_env().ensure()
+
+
+def tiny_config(model_dir: Path, *extra: str):
+    from injector.config import load_config
+
+    return load_config(None, [f"model.base={model_dir}", "train.learning_rate=0.01", "train.epochs=12",
+                              "train.batch_size=8", "train.grad_accum=1", "train.max_length=96",
+                              "train.warmup_ratio=0.0", "train.lr_scheduler=constant", "train.patience=0",
+                              "eval.max_new_tokens=16", "eval.latency_samples=2", *extra])
