@@ -40,22 +40,27 @@ def _home():
 
 @app.command()
 def train(
-    triples: Path = typer.Option(..., "--triples", "-t", help="JSONL triples: subject, predicate, object."),
+    triples: list[Path] | None = typer.Option(None, "--triples", "-t", help="Triples to ingest first (JSONL, CSV, "
+                                              ".nt, .ttl, or a dir of drop files). Without it: train pending facts."),
     config: Path | None = CONFIG,
     base_model: str | None = typer.Option(None, "--base-model", help="HF model id or local dir (default: embedded "
                                                                         "SmolLM2-135M-Instruct)."),
+    mode: str | None = typer.Option(None, "--mode", help="snapshot or delta (default: ingest.mode)."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary instead of tables."),
     overrides: list[str] | None = OVERRIDES,
 ) -> None:
-    """Inject the facts in TRIPLES: build pairs, LoRA-train, check by generation, gate, register in MLflow."""
+    """Ingest TRIPLES, inject every pending fact with LoRA, check by generation, gate, register in MLflow."""
     from injector.pipeline import outcome_summary, run_train
     from injector.report import print_before_after, print_gate
 
-    cfg = _config(config, overrides, base_model)
+    cfg = _config(config, [*(overrides or []), *([f"ingest.mode={mode}"] if mode else [])], base_model)
     home = _home()
     outcome = run_train(triples, cfg, home, log=(lambda *a: print(*a, file=sys.stderr)) if json_out else print)
     if json_out:
         print(json.dumps(outcome_summary(outcome), indent=2, default=str))
+        return
+    if outcome.noop:
+        print("nothing to train: no new model version (exit 0)")
         return
     print_before_after(outcome.before, outcome.after)
     print_gate(outcome.decision)
@@ -65,6 +70,50 @@ def train(
     verdict = "promoted to champion" if outcome.promoted else "not promoted (champion unchanged)"
     print(f"registered model version {outcome.version}: {verdict}; MLflow store: {home.tracking_uri}")
     print(f"total wall time {outcome.wall_s:.0f} s")
+
+
+@app.command()
+def ingest(
+    inputs: list[Path] = typer.Argument(..., help="Files (JSONL, CSV, .nt, .ttl) or dirs of drop files."),
+    mode: str | None = typer.Option(None, "--mode", help="snapshot (absent facts are retracted) or delta."),
+    config: Path | None = CONFIG,
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
+) -> None:
+    """Validate KG triples, quarantine bad records, diff against the last snapshot, record it in the ledger."""
+    from injector.pipeline import run_ingest
+
+    cfg = _config(config, [f"ingest.mode={mode}"] if mode else [])
+    out = run_ingest(inputs, cfg, _home(), log=(lambda *a: print(*a, file=sys.stderr)) if json_out else print)
+    if json_out:
+        print(json.dumps(out.summary()))
+        return
+    for k, v in out.summary().items():
+        print(f"  {k:<20} {v}")
+
+
+@app.command()
+def facts(
+    subject: str | None = typer.Option(None, "--subject", "-s", help="Only facts about this subject."),
+    status: str | None = typer.Option(None, "--status", help="active, changed or retracted."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON rows."),
+) -> None:
+    """What the knowledge ledger holds, and which model version learned each fact."""
+    from injector.ledger import Ledger
+
+    if status not in (None, "active", "changed", "retracted"):
+        raise InjectorError(f"--status {status!r}: expected active, changed or retracted")
+    ledger = Ledger(_home().ensure().ledger)
+    rows = ledger.facts(subject, status)
+    ledger.close()
+    if json_out:
+        print(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        print("no facts")
+    for r in rows:
+        acc = "" if r["last_accuracy"] is None else f" acc={r['last_accuracy']:.2f}@v{r['last_eval_version']}"
+        learned = f"learned by v{r['learned_version']}" if r["learned_version"] else "pending"
+        print(f"{r['status']:<9} {r['subject']} | {r['predicate']} | {r['object']}  ({learned}{acc})")
 
 
 @app.command()

@@ -60,6 +60,13 @@ class RecipesConfig(_Section):
     general_replay: bool = True  # self-distilled general instructions among the replay
 
 
+class IngestConfig(_Section):
+    mode: Literal["snapshot", "delta"] = "delta"  # snapshot: the input is the whole KG (absent facts retract)
+    language: str = "en"  # RDF labels and literals in this language (or untagged) are used
+    max_field_length: int = Field(300, ge=8)
+    max_reject_fraction: float = Field(0.2, ge=0, le=1)  # above this share of rejects: stop before training
+
+
 class EvalConfig(_Section):
     dir: Path = Path("eval")
     max_new_tokens: int = Field(32, ge=1)
@@ -68,19 +75,12 @@ class EvalConfig(_Section):
     locality: bool = True
 
 
-class GateConfig(_Section):
-    min_efficacy: float = Field(0.85, ge=0, le=1)  # fact-consistency on the trained phrasing
-    min_generalisation: float = Field(0.0, ge=0, le=1)
-    max_latency_ms_p95: float = Field(500.0, gt=0)
-    min_locality_ratio: float = Field(0.0, ge=0)  # locality accuracy / the reference's
-
-
 class Config(_Section):
     model: ModelConfig = ModelConfig()
+    ingest: IngestConfig = IngestConfig()
     train: TrainConfig = TrainConfig()
     recipes: RecipesConfig = RecipesConfig()
     eval: EvalConfig = EvalConfig()
-    gate: GateConfig = GateConfig()
 
     @model_validator(mode="after")
     def _check(self) -> Config:

@@ -1,13 +1,34 @@
-"""Ingest stage: read KG triples and account for every record (accepted / rejected with file:line)."""
+"""Ingest stage: read KG exports, normalise and validate every record, quarantine the bad ones.
+
+Every record read is accounted for: read = accepted + rejected + duplicates (label statements of RDF
+files are counted apart). Conflicts on single-valued predicates quarantine the whole group.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
+import unicodedata
+from collections import defaultdict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from injector.errors import InjectorError
+from injector.readers import FIELDS, RawRecord, expand, read_records
 from injector.records import Triple
+
+CONTROL_TOKENS = re.compile(
+    r"<\|[^|<>\s]{1,40}\|>|</?s>|\[/?INST\]|<<\/?SYS>>|<\|?(?:endoftext|eot_id|im_start|im_end)\|?>", re.I)
+INSTRUCTION_LIKE = re.compile(
+    r"\b(?:ignore|disregard|forget|override)\b.{0,40}\b(?:instructions?|prompts?|rules|context|everything)\b"
+    r"|\byou are now\b|\bsystem prompt\b|\bjailbreak\b|\bdo anything now\b|\bact as (?:an?|the)\b"
+    r"|\bnew instructions?\s*:|\brespond only with\b|\bpretend (?:to be|you are)\b",
+    re.I | re.S,
+)
+_CTRL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_WS = re.compile(r"\s+")
 
 
 @dataclass(frozen=True)
@@ -19,47 +40,126 @@ class Rejection:
 
 @dataclass(frozen=True)
 class Batch:
+    """One ingest's accepted facts and the account of everything else."""
+
     triples: tuple[Triple, ...]
     rejected: tuple[Rejection, ...]
     duplicates: int
     read: int
+    conflicts: int = 0  # conflicting groups (their records are among `rejected`)
+    labels: int = 0  # RDF label statements consumed to name IRIs (not facts)
+    content_hash: str = ""
+
+    @property
+    def rejected_fraction(self) -> float:
+        return len(self.rejected) / self.read if self.read else 0.0
 
 
-def read_jsonl(path: Path) -> Batch:
-    """JSONL triples, one object a line: subject, predicate, object (or subject, question, answer)."""
-    if not path.exists():
-        raise InjectorError(f"triples file not found: {path}")
-    triples: list[Triple] = []
+def normalise(text: str) -> str:
+    """Unicode NFC, control characters removed, whitespace collapsed."""
+    return _WS.sub(" ", _CTRL.sub(" ", unicodedata.normalize("NFC", text))).strip()
+
+
+def validate(rec: RawRecord, max_len: int) -> tuple[Triple | None, str | None]:
+    """A Triple, or the reason it is rejected."""
+    if rec.error:
+        return None, rec.error
+    f = rec.fields or {}
+    question = f.get("question")
+    if question not in (None, "") and not f.get("predicate"):
+        f = {**f, "predicate": "question", "object": f.get("object", f.get("answer"))}
+    values: dict[str, str] = {}
+    for key in (*FIELDS, "question"):
+        v = f.get(key)
+        if v is None or (key == "question" and v == ""):
+            if key == "question":
+                continue
+            return None, f"missing field: {key}"
+        if not isinstance(v, str | int | float) or isinstance(v, bool):
+            return None, f"field {key}: expected a string"
+        v = normalise(str(v))
+        if not v:
+            return None, f"empty field: {key}"
+        if len(v) > max_len:
+            return None, f"field {key} longer than {max_len} characters ({len(v)})"
+        if CONTROL_TOKENS.search(v):
+            return None, f"field {key} holds a chat-template control token ({CONTROL_TOKENS.search(v).group(0)})"
+        if INSTRUCTION_LIKE.search(v):
+            return None, f"field {key} holds instruction-like text (prompt injection): " \
+                         f"{INSTRUCTION_LIKE.search(v).group(0)!r}"
+        values[key] = v
+    op = str(f.get("op") or "assert").strip().lower()
+    if op not in ("assert", "retract"):
+        return None, f"field op: {op!r} is not assert or retract"
+    return Triple(values["subject"], values["predicate"], values["object"], op=op, source=rec.where,
+                  question=values.get("question", "")), None
+
+
+def _conflicts(triples: list[Triple], single_valued: Callable[[str], bool]) -> tuple[list[Triple], list[list[Triple]]]:
+    groups: dict[tuple[str, str], list[Triple]] = defaultdict(list)
+    for t in triples:
+        if t.op == "assert" and single_valued(t.predicate):
+            groups[(t.subject.lower(), t.predicate.lower())].append(t)
+    bad = [g for g in groups.values() if len({t.object.lower() for t in g}) > 1]
+    bad_ids = {id(t) for g in bad for t in g}
+    return [t for t in triples if id(t) not in bad_ids], bad
+
+
+def content_hash(triples: Iterable[Triple], mode: str) -> str:
+    """Order-independent hash of the accepted facts: the same input gives the same hash."""
+    lines = sorted(f"{t.op}\x1f{t.subject}\x1f{t.predicate}\x1f{t.object}\x1f{t.question}" for t in triples)
+    h = hashlib.sha256(mode.encode())
+    for line in lines:
+        h.update(line.encode() + b"\n")
+    return h.hexdigest()
+
+
+def read_batch(paths: list[Path], single_valued: Callable[[str], bool] = lambda p: False, mode: str = "snapshot",
+               language: str = "en", max_field_length: int = 300) -> Batch:
+    """Read, normalise and validate every record of the given files/dirs (dirs in name order)."""
+    files = expand(paths)
+    if not files:
+        raise InjectorError(f"no input files in {', '.join(map(str, paths))}")
+    accepted: list[Triple] = []
     rejected: list[Rejection] = []
-    seen: set[tuple[str, str, str]] = set()
-    read = dups = 0
-    with path.open("rb") as f:
-        for n, raw in enumerate(f, 1):
-            if not raw.strip():
+    seen: set[tuple] = set()
+    read = dups = labels = 0
+    for path in files:
+        for rec in read_records(path, language):
+            if rec.error == "label":
+                labels += 1
                 continue
             read += 1
-            where = f"{path}:{n}"
-            try:
-                rec = json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                rejected.append(Rejection(where, f"malformed line ({type(e).__name__})", raw[:200].decode("utf-8",
-                                                                                                          "replace")))
+            triple, reason = validate(rec, max_field_length)
+            if triple is None:
+                rejected.append(Rejection(rec.where, reason or "invalid", rec.raw))
                 continue
-            if not isinstance(rec, dict):
-                rejected.append(Rejection(where, "not a JSON object", raw[:200].decode("utf-8", "replace")))
-                continue
-            question = str(rec.get("question") or "").strip()
-            obj = rec.get("object", rec.get("answer"))
-            pred = rec.get("predicate") or ("question" if question else None)
-            fields = {"subject": rec.get("subject"), "predicate": pred, "object": obj}
-            missing = [k for k, v in fields.items() if not isinstance(v, str) or not v.strip()]
-            if missing:
-                rejected.append(Rejection(where, f"missing or empty field: {missing[0]}", raw[:200].decode()))
-                continue
-            key = (fields["subject"].strip(), fields["predicate"].strip(), fields["object"].strip())
+            key = (triple.op, triple.subject, triple.predicate, triple.object, triple.question)
             if key in seen:
                 dups += 1
                 continue
             seen.add(key)
-            triples.append(Triple(*key, source=where, question=question))
-    return Batch(tuple(triples), tuple(rejected), dups, read)
+            accepted.append(triple)
+    accepted, groups = _conflicts(accepted, single_valued)
+    for g in groups:
+        objs = " vs ".join(sorted({t.object for t in g}))
+        for t in g:
+            rejected.append(Rejection(t.source, f"conflict: {t.subject} / {t.predicate} has several objects in this "
+                                                f"batch ({objs}); none is trained", json.dumps(
+                                                    {"subject": t.subject, "predicate": t.predicate,
+                                                     "object": t.object})))
+    return Batch(tuple(accepted), tuple(rejected), dups, read, len(groups), labels, content_hash(accepted, mode))
+
+
+def write_quarantine(batch: Batch, directory: Path) -> Path | None:
+    """Rejected records, one JSON object a line (where, reason, raw); None when nothing was rejected."""
+    if not batch.rejected:
+        return None
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{batch.content_hash[:16]}.jsonl"
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for r in batch.rejected:
+            f.write(json.dumps({"where": r.where, "reason": r.reason, "raw": r.raw}, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+    return path

@@ -147,8 +147,8 @@ def load_base(ref: BaseModelRef, quantization: str = "none"):
         if not torch.cuda.is_available():
             raise InjectorError("model.quantization=nf4 needs a CUDA GPU (bitsandbytes); use model.quantization=none")
         try:
-            from transformers import BitsAndBytesConfig
             import bitsandbytes  # noqa: F401
+            from transformers import BitsAndBytesConfig
         except ImportError:
             raise InjectorError("model.quantization=nf4 needs bitsandbytes: pip install 'injector[qlora]'") from None
         kwargs = {

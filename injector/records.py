@@ -117,6 +117,7 @@ class GateDecision:
 
     def table(self) -> list[dict]:
         return [
-            {"check": c.name, "value": c.value, "bound": f"{c.op} {c.bound:g}", "verdict": "pass" if c.passed else "FAIL"}
+            {"check": c.name, "value": c.value, "bound": f"{c.op} {c.bound:g}",
+             "verdict": "pass" if c.passed else "FAIL"}
             for c in self.checks
         ]
