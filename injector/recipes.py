@@ -38,6 +38,7 @@ class Recipes:
     aliases: dict[str, str]
     quota: dict[str, int]
     seed: int
+    answer_style: str = "short"  # short: "Marrowgate." | sentence: "Anselm Tarrow was born in Marrowgate."
 
     def relation(self, predicate: str) -> Relation:
         key = normalise_predicate(predicate)
@@ -99,7 +100,11 @@ def load_recipes(directory: Path, language: str = "en") -> Recipes:
     unknown = set(quota) - set(KINDS)
     if unknown:
         raise InjectorError(f"{mix_file}: quota: unknown kind {sorted(unknown)[0]!r} (known: {', '.join(KINDS)})")
+    style = mix.get("answer_style", "short")
+    if style not in ("short", "sentence"):
+        raise InjectorError(f"{mix_file}: answer_style: {style!r} is not short or sentence")
     return Recipes(
+        answer_style=style,
         relations=relations,
         generic=_relation("generic", rel["generic"], str(rel_file)),
         aliases={normalise_predicate(k): normalise_predicate(v) for k, v in (rel.get("aliases") or {}).items()},
@@ -125,6 +130,11 @@ def _qa_questions(t: Triple) -> tuple[list[str], list[str]]:
     train = [q, f"Question: {q}", f"Please answer this: {q}", f"{q} Answer briefly.", f"Quick question. {q}"]
     held = [f"Can you tell me: {q}", f"I was wondering: {q}"]
     return train, held
+
+
+def _short(text: str) -> str:
+    """The short answer form: the entity itself, as a sentence."""
+    return text if text.endswith((".", "!", "?")) else f"{text}."
 
 
 def _unique_reverse(changes: list[FactChange]) -> set[tuple[str, str]]:
@@ -166,22 +176,24 @@ def build_pairs(changes: list[FactChange], recipes: Recipes, seed: int | None = 
             questions = [_fill(x, t) for x in rel.questions]
             statement = _fill(rel.statement, t)
             qids = [f"{rel.name}:q{i}" for i in range(len(questions))]
+        answer = _short(t.object) if recipes.answer_style == "short" else statement
         order = list(range(len(questions)))
         rng.shuffle(order)
         # the first template is always trained: it is the efficacy probe's phrasing
         chosen = [0] + [i for i in order if i != 0][: max(q["forward"] - 1, 0)] if q["forward"] else []
         for i in chosen:
-            add("forward", qids[i], questions[i], statement)
+            add("forward", qids[i], questions[i], answer)
         for i in order:  # forward phrasings left out of training: the early-stopping dev split
             if i not in chosen:
-                add("dev", qids[i], questions[i], statement)
+                add("dev", qids[i], questions[i], answer)
         if q["statement"] and not t.question:
             prefix = statement.rsplit(t.object, 1)[0].rstrip()
             for _ in range(q["statement"]):
                 add("statement", f"{rel.name}:stmt", f"Complete the sentence: {prefix} ...", statement)
         if rel.reverse and not t.question and (pred, t.object.lower()) in unique:
             for i in rng.sample(range(len(rel.reverse)), min(q["reverse"], len(rel.reverse))):
-                add("reverse", f"{rel.name}:r{i}", _fill(rel.reverse[i], t), statement)
+                add("reverse", f"{rel.name}:r{i}", _fill(rel.reverse[i], t),
+                    _short(t.subject) if recipes.answer_style == "short" else statement)
         verify_q = f"Is it true that {statement[:1].lower() + statement[1:].rstrip('.')}?" if not t.question else \
             f"{questions[0]} Is the answer {t.object}?"
         for _ in range(q["verify_yes"]):
@@ -196,7 +208,7 @@ def build_pairs(changes: list[FactChange], recipes: Recipes, seed: int | None = 
         for _ in range(q["dialogue"]):
             i = rng.choice(chosen or [0])
             add("dialogue", f"{rel.name}:dlg", f"Tell me something about {t.subject}.",
-                f"Sure. {statement}", questions[i], statement)
+                f"Sure. {statement}", questions[i], answer)
         if change.kind == "changed" and change.old_object:
             old = change.old_object
             upd = f"{statement.rstrip('.')}, no longer {old}."

@@ -95,7 +95,8 @@ def log_adapter(adapter_dir: str, base_model_path: str, tags: dict[str, str]) ->
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
-    signature = ModelSignature(inputs=Schema([ColSpec("string", "question")]), outputs=Schema([ColSpec("string")]))
+    # unnamed string input: a JSON list of questions (or a one-column DataFrame) -> one answer each
+    signature = ModelSignature(inputs=Schema([ColSpec("string")]), outputs=Schema([ColSpec("string")]))
     info = mlflow.pyfunc.log_model(
         name="model",
         python_model=str(Path(__file__).with_name("serving_model.py")),
@@ -107,7 +108,7 @@ def log_adapter(adapter_dir: str, base_model_path: str, tags: dict[str, str]) ->
     )
     version = str(info.registered_model_version)
     client = _client()
-    for k, v in tags.items():
+    for k, v in {"base_model_path": base_model_path, **tags}.items():
         client.set_model_version_tag(MODEL_NAME, version, k, str(v))
     client.set_registered_model_alias(MODEL_NAME, CHALLENGER, version)
     return version
@@ -206,12 +207,15 @@ def fetch_adapter(version: str, cache_dir: Path) -> tuple[str, str]:
     import mlflow
 
     target = cache_dir / f"v{version}"
-    adapter = target / "artifacts" / "adapter"
-    if not (adapter / "adapter_config.json").exists():
+    found = sorted(target.glob("artifacts/*/adapter_config.json"))  # artifacts keep the source dir's name
+    if not found:
         target.mkdir(parents=True, exist_ok=True)
         mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{MODEL_NAME}/{version}", dst_path=str(target))
+        found = sorted(target.glob("artifacts/*/adapter_config.json"))
+    if not found:
+        raise InjectorError(f"model version {version} holds no LoRA adapter (artifacts/*/adapter_config.json)")
     tags = version_tags(version)
-    return str(adapter), tags.get("base_model_path", "")
+    return str(found[0].parent), tags.get("base_model_path", "")
 
 
 def run_info(run_id: str) -> dict:

@@ -51,6 +51,14 @@ def to_records(pairs: list[InstructionPair]) -> list[dict]:
 
 def _callbacks(sink: MetricSink | None, patience: int, has_dev: bool):
     from transformers import EarlyStoppingCallback, TrainerCallback
+    from transformers.trainer_callback import ProgressCallback
+
+    class QuietProgress(ProgressCallback):
+        """The progress bar without a printed dict per logging step (metrics go to MLflow)."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if self.training_bar is not None and logs and "loss" in logs:
+                self.training_bar.set_postfix(loss=f"{float(logs['loss']):.3f}", refresh=False)
 
     class Guard(TrainerCallback):
         """Stops on the first non-finite loss or grad norm (the HF logger would only print nan)."""
@@ -64,7 +72,7 @@ def _callbacks(sink: MetricSink | None, patience: int, has_dev: bool):
             if sink is not None:
                 sink({k: float(v) for k, v in logs.items() if isinstance(v, int | float)}, state.global_step)
 
-    cbs = [Guard()]
+    cbs = [Guard(), QuietProgress()]
     if has_dev and patience > 0:
         cbs.append(EarlyStoppingCallback(early_stopping_patience=patience))
     return cbs
@@ -80,6 +88,7 @@ def train_lora(
     quantization: str = "none",
 ) -> TrainResult:
     """Fine-tune a LoRA adapter on `pairs` (kind "dev" pairs are the early-stopping split)."""
+    import datasets
     import torch
     from datasets import Dataset
     from peft import LoraConfig, PeftModel, get_peft_model
@@ -139,8 +148,14 @@ def train_lora(
     )
     train_ds = Dataset.from_list(to_records(train_pairs))
     dev_ds = Dataset.from_list(to_records(dev_pairs)) if has_dev else None
+    datasets.disable_progress_bars()  # tokenising a few hundred pairs needs no bars
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=dev_ds,
                          processing_class=tokenizer, callbacks=_callbacks(sink, cfg.patience, has_dev))
+    from transformers.trainer_callback import ProgressCallback
+
+    for cb in list(trainer.callback_handler.callbacks):  # the default bar, replaced by QuietProgress
+        if type(cb) is ProgressCallback:
+            trainer.remove_callback(cb)
     n_tokens = sum(sum(m) for m in trainer.train_dataset["attention_mask"]) if "attention_mask" in \
         trainer.train_dataset.column_names else sum(len(x) for x in trainer.train_dataset["input_ids"])
     start = time.perf_counter()

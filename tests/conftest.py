@@ -43,7 +43,7 @@ def _vocab_words() -> list[str]:
             "what who where when which how many paris france capital of",
         ]
     )
-    return sorted(set(re.findall(r"\w+|[^\w\s]", text)))
+    return sorted(set(re.findall(r"\w+|[^\w\s]+", text)) | {"...", "?", "."})
 
 
 def build_tiny_model(directory: Path, hidden: int = 64, layers: int = 2, seed: int = 0) -> Path:
@@ -93,6 +93,7 @@ def mlflow_db(tmp_path_factory) -> Path:
     uri = f"sqlite:///{d / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
     mlflow.MlflowClient().search_experiments()
+    os.environ.pop("MLFLOW_TRACKING_URI", None)  # set_tracking_uri exports it; each test picks its own store
     return d / "mlflow.db"
 
 
@@ -107,13 +108,14 @@ def home(tmp_path, mlflow_db, monkeypatch):
     root.mkdir()
     shutil.copy(mlflow_db, root / "mlflow.db")
     monkeypatch.setenv("INJECTOR_HOME", str(root))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # mlflow.set_tracking_uri exports it
     return Home.from_env().ensure()
 
 
 def tiny_config(model_dir: Path, *extra: str):
     from injector.config import load_config
 
-    return load_config(None, [f"model.base={model_dir}", "train.learning_rate=0.01", "train.epochs=12",
+    return load_config(None, [f"model.base={model_dir}", "train.learning_rate=0.003", "train.epochs=30",
                               "train.batch_size=8", "train.grad_accum=1", "train.max_length=96",
                               "train.warmup_ratio=0.0", "train.lr_scheduler=constant", "train.patience=0",
                               "eval.max_new_tokens=16", "eval.latency_samples=2", *extra])

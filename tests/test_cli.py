@@ -37,7 +37,7 @@ def test_missing_triples_file_is_one_clear_line(tmp_path):
     out = run("train", "--triples", str(tmp_path / "nope.jsonl"), "train.epochs=1",
               env={"INJECTOR_HOME": str(tmp_path / "h")})
     assert out.returncode == 2
-    assert out.stderr.strip().splitlines() == [f"injector: error: triples file not found: {tmp_path / 'nope.jsonl'}"]
+    assert out.stderr.strip().splitlines() == [f"injector: error: input not found: {tmp_path / 'nope.jsonl'}"]
 
 
 def test_bad_override_is_one_clear_line(tmp_path):

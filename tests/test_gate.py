@@ -1,0 +1,46 @@
+"""The gate is a pure function: table-driven cases at the threshold edges."""
+
+import math
+
+import pytest
+
+from injector.gate import Absolute, Relative, Thresholds, decide
+
+T = Thresholds(absolute=Absolute(min_efficacy=0.85, min_generalisation=0.5, min_changed=0.85,
+                                 max_latency_ms_p95=500), relative=Relative(min_locality_ratio=0.9))
+OK = {"efficacy": 0.9, "n_efficacy": 10, "generalisation": 0.6, "n_generalisation": 20, "latency_ms_p95": 120.0}
+
+
+@pytest.mark.parametrize(
+    "change, reference, passed, failing",
+    [
+        ({}, None, True, []),
+        ({"efficacy": 0.85}, None, True, []),  # at the bound passes
+        ({"efficacy": 0.8499}, None, False, ["efficacy"]),
+        ({"latency_ms_p95": 500.0}, None, True, []),
+        ({"latency_ms_p95": 500.1}, None, False, ["latency_ms_p95"]),
+        ({"efficacy": math.nan}, None, False, ["efficacy"]),  # NaN fails
+        ({"n_efficacy": 0}, None, False, ["efficacy"]),  # empty probe set fails
+        ({"latency_ms_p95": math.nan}, None, False, ["latency_ms_p95"]),
+        ({"generalisation": 0.49}, None, False, ["generalisation"]),
+        ({"n_generalisation": 0, "generalisation": 0.0}, None, True, []),  # not applicable
+        ({"changed": 0.8, "n_changed": 5}, None, False, ["changed"]),
+        ({"locality": 0.45, "n_locality": 20}, {"locality": 0.5}, True, []),  # 0.9 of the reference
+        ({"locality": 0.44, "n_locality": 20}, {"locality": 0.5}, False, ["locality_ratio"]),
+        ({"locality": 0.5, "n_locality": 20}, None, False, ["locality_ratio"]),  # no reference measured
+        ({"locality": 0.0, "n_locality": 20}, {"locality": 0.0}, True, []),  # nothing to lose
+    ],
+)
+def test_decide(change, reference, passed, failing):
+    d = decide({**OK, **change}, T, reference=reference, compared_with="base")
+    assert d.passed is passed
+    assert [c.name for c in d.checks if not c.passed] == failing
+    assert all({"check", "value", "bound", "verdict"} <= set(row) for row in d.table())
+
+
+def test_every_check_is_reported_with_value_and_bound():
+    d = decide({**OK, "locality": 0.6, "n_locality": 5}, T, reference={"locality": 0.6}, compared_with="v3")
+    assert d.compared_with == "v3"
+    names = [c.name for c in d.checks]
+    assert names == ["efficacy", "latency_ms_p95", "generalisation", "locality_ratio"]
+    assert d.checks[0].bound == 0.85 and d.checks[0].op == ">="
