@@ -47,6 +47,8 @@ def train(
                                                                         "SmolLM2-135M-Instruct)."),
     mode: str | None = typer.Option(None, "--mode", help="snapshot or delta (default: ingest.mode)."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary instead of tables."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the last interrupted run from its last complete "
+                                                          "checkpoint (refused if data, base or config changed)."),
     overrides: list[str] | None = OVERRIDES,
 ) -> None:
     """Ingest TRIPLES, inject every pending fact with LoRA, check by generation, gate, register in MLflow."""
@@ -55,7 +57,8 @@ def train(
 
     cfg = _config(config, [*(overrides or []), *([f"ingest.mode={mode}"] if mode else [])], base_model)
     home = _home()
-    outcome = run_train(triples, cfg, home, log=(lambda *a: print(*a, file=sys.stderr)) if json_out else print)
+    outcome = run_train(triples, cfg, home, log=(lambda *a: print(*a, file=sys.stderr)) if json_out else print,
+                        resume=resume)
     if json_out:
         print(json.dumps(outcome_summary(outcome), indent=2, default=str))
         return
@@ -114,6 +117,48 @@ def facts(
         acc = "" if r["last_accuracy"] is None else f" acc={r['last_accuracy']:.2f}@v{r['last_eval_version']}"
         learned = f"learned by v{r['learned_version']}" if r["learned_version"] else "pending"
         print(f"{r['status']:<9} {r['subject']} | {r['predicate']} | {r['object']}  ({learned}{acc})")
+
+
+recipes_app = typer.Typer(help="Data recipes: preview the instruction pairs built from triples.", no_args_is_help=True)
+app.add_typer(recipes_app, name="recipes")
+
+
+@recipes_app.command("preview")
+def recipes_preview(
+    file: Path = typer.Argument(..., help="Triples (JSONL, CSV, .nt, .ttl)."),
+    n: int = typer.Option(5, "--n", help="How many facts to show."),
+    config: Path | None = CONFIG,
+    json_out: bool = typer.Option(False, "--json", help="JSON list of {fact, kind, messages}."),
+) -> None:
+    """Show the instruction pairs the recipes build for the first N facts of FILE (nothing is trained)."""
+    from injector.ingest import read_batch
+    from injector.recipes import build_pairs, load_recipes
+    from injector.records import FactChange
+
+    cfg = _config(config, None)
+    recipes = load_recipes(cfg.content_path(cfg.recipes.dir), cfg.recipes.language)
+    batch = read_batch([file], recipes.single_valued, "delta", cfg.ingest.language, cfg.ingest.max_field_length)
+    triples = batch.triples[:n]
+    pairs = build_pairs([FactChange(t) for t in triples], recipes, seed=cfg.train.seed)
+    by_id = {t.id: t for t in triples}
+    rows = [{"fact": {"subject": by_id[p.fact_id].subject, "predicate": by_id[p.fact_id].predicate,
+                      "object": by_id[p.fact_id].object}, "kind": p.kind, "template": p.template_id,
+             "messages": list(p.messages)} for p in pairs]
+    if json_out:
+        print(json.dumps(rows, ensure_ascii=False, indent=1))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{len(pairs)} pairs for {len(triples)} facts (dev = early-stopping split, not trained)")
+    for col in ("fact", "kind", "prompt", "answer"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        f = r["fact"]
+        prompt = " / ".join(m["content"] for m in r["messages"][:-1])
+        table.add_row(f"{f['subject']} | {f['predicate']} | {f['object']}", r["kind"], prompt,
+                      r["messages"][-1]["content"])
+    Console().print(table)
 
 
 @app.command()

@@ -96,3 +96,88 @@ def evaluate(model, tokenizer, probes: Sequence[Probe], max_new_tokens: int = 32
     wall = time.perf_counter() - t0
     p50, p95 = measure_latency(model, tokenizer, probes, max_new_tokens, latency_samples)
     return EvalReport(results=results, latency_ms_p50=p50, latency_ms_p95=p95, hardware=hardware(), wall_s=wall)
+
+
+def perplexity(model, tokenizer, texts: Sequence[str], max_len: int = 256, batch_size: int = 8,
+               max_tokens: int | None = None) -> float:
+    """Token perplexity of `texts` (each cut into windows of `max_len` tokens), up to `max_tokens` tokens."""
+    import math
+
+    import torch
+
+    windows: list[list[int]] = []
+    total = 0
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        for i in range(0, len(ids) - 1, max_len):
+            w = ids[i: i + max_len]
+            if len(w) > 1 and (max_tokens is None or total < max_tokens):
+                windows.append(w)
+                total += len(w)
+    if not windows:
+        return float("nan")
+    dev = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    nll, count = 0.0, 0
+    windows.sort(key=len)
+    for i in range(0, len(windows), batch_size):
+        chunk = windows[i: i + batch_size]
+        width = max(map(len, chunk))
+        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for r, w in enumerate(chunk):
+            ids[r, : len(w)] = torch.tensor(w)
+            mask[r, : len(w)] = 1
+        ids, mask = ids.to(dev), mask.to(dev)
+        with torch.inference_mode():
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        target, valid = ids[:, 1:], mask[:, 1:].bool()
+        losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none")
+        nll += float(losses[valid].sum())
+        count += int(valid.sum())
+    return math.exp(nll / count)
+
+
+def _answer_logprobs(model, tokenizer, prompts: Sequence[str], answers: Sequence[str], batch_size: int):
+    """Per-answer-token log-softmax over the vocabulary, teacher-forced, one tensor per (prompt, answer)."""
+    import torch
+
+    tokenizer.padding_side = "right"
+    out = []
+    dev = next(model.parameters()).device
+    for i in range(0, len(prompts), batch_size):
+        ps, ans = prompts[i: i + batch_size], answers[i: i + batch_size]
+        heads = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
+                                               tokenize=False) for p in ps]
+        n_head = [len(tokenizer(h, add_special_tokens=False)["input_ids"]) for h in heads]
+        enc = tokenizer([h + a for h, a in zip(heads, ans)], return_tensors="pt", padding=True,
+                        add_special_tokens=False).to(dev)
+        with torch.inference_mode():
+            logp = torch.log_softmax(model(**enc).logits.float(), -1)
+        for r, n in enumerate(n_head):
+            end = int(enc["attention_mask"][r].sum())
+            out.append(logp[r, n - 1: end - 1].cpu())  # positions that predict the answer tokens
+    tokenizer.padding_side = "left"
+    return out
+
+
+def kl_drift(reference, candidate, tokenizer, prompts: Sequence[str], answers: Sequence[str],
+             batch_size: int = 16) -> float:
+    """Mean per-token KL(reference || candidate), teacher-forced on the reference's own answers."""
+    import torch
+
+    ref = _answer_logprobs(reference, tokenizer, prompts, answers, batch_size)
+    cand = _answer_logprobs(candidate, tokenizer, prompts, answers, batch_size)
+    kls = [(r.exp() * (r - c)).sum(-1) for r, c in zip(ref, cand) if len(r)]
+    if not kls:
+        return float("nan")
+    return float(torch.cat(kls).mean())
+
+
+def in_context(probes: Sequence[Probe], facts: Sequence[str]) -> list[Probe]:
+    """The in-context baseline: the facts stated in a first user turn, no training."""
+    from dataclasses import replace
+
+    context = ({"role": "user", "content": "Facts:\n" + "\n".join(f"- {f}" for f in facts)},
+               {"role": "assistant", "content": "Noted."})
+    return [replace(p, messages=context + tuple(p.messages)) for p in probes]

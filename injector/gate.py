@@ -21,11 +21,14 @@ class Absolute(_Strict):
     min_generalisation: float = Field(0.5, ge=0, le=1)
     min_changed: float = Field(0.85, ge=0, le=1)
     max_latency_ms_p95: float = Field(500.0, gt=0)
+    max_kl_drift: float | None = Field(None, gt=0)  # nats/token; None: reported, not gated
 
 
 class Relative(_Strict):
     min_locality_ratio: float = Field(0.9, ge=0)
     min_retention_ratio: float = Field(0.9, ge=0)
+    max_general_ppl_increase: float | None = Field(0.05, ge=0)  # (ppl_after / ppl_ref) - 1
+    min_fact_ppl_drop: float | None = Field(None, ge=0, lt=1)  # 1 - (ppl_after / ppl_ref) on fact statements
 
 
 class Thresholds(_Strict):
@@ -79,6 +82,15 @@ def decide(metrics: dict[str, float], thresholds: Thresholds, reference: dict[st
         else:
             ratio = metrics.get(kind, float("nan")) / ref if ref > 0 else 1.0  # nothing to lose when ref is 0
             checks.append(_check(f"{kind}_ratio", ratio, bound, ">="))
+    ref = reference or {}
+    if r.max_general_ppl_increase is not None and "general_ppl" in metrics:
+        ratio = metrics["general_ppl"] / ref["general_ppl"] - 1 if ref.get("general_ppl") else None
+        checks.append(_check("general_ppl_increase", ratio, r.max_general_ppl_increase, "<="))
+    if r.min_fact_ppl_drop is not None and "fact_ppl" in metrics:
+        drop = 1 - metrics["fact_ppl"] / ref["fact_ppl"] if ref.get("fact_ppl") else None
+        checks.append(_check("fact_ppl_drop", drop, r.min_fact_ppl_drop, ">="))
+    if a.max_kl_drift is not None and "kl_drift" in metrics:
+        checks.append(_check("kl_drift", metrics["kl_drift"], a.max_kl_drift, "<="))
     return GateDecision(passed=all(c.passed for c in checks), checks=tuple(checks), compared_with=compared_with)
 
 

@@ -7,7 +7,7 @@ Each step calls one stage module; typed records cross the boundaries.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from injector import registry
@@ -17,7 +17,10 @@ from injector.gate import decide, load_thresholds, metrics_of
 from injector.home import Home
 from injector.ingest import Batch, read_batch, write_quarantine
 from injector.ledger import Diff, Ledger
+from injector.probes import read_questions
 from injector.records import EvalReport, GateDecision, TrainResult
+from injector.replay import model_key, retention_probes
+from injector.train import EwcSpec, fingerprint
 
 
 @dataclass(frozen=True)
@@ -98,30 +101,34 @@ def _flat(prefix: str, obj) -> dict:
     return out
 
 
-def run_train(triples: list[Path] | None, cfg: Config, home: Home, log=print) -> TrainOutcome:
+def run_train(triples: list[Path] | None, cfg: Config, home: Home, log=print, resume: bool = False) -> TrainOutcome:
     """Ingest `triples` (if given), then inject every pending fact into the champion (or the base) and gate it."""
-    from injector.evaluate import evaluate
+    from injector.evaluate import evaluate, kl_drift
     from injector.models import load_tokenizer, load_with_adapter, resolve_base
-    from injector.recipes import build_pairs, build_probes, load_recipes
+    from injector.recipes import build_pairs, build_probes, load_recipes, statement_of
     from injector.train import train_lora
 
     t0 = time.perf_counter()
     home.ensure()
     ingest = run_ingest(triples, cfg, home, log) if triples else None
-    if ingest is not None and ingest.noop:
-        return TrainOutcome(ingest=ingest, wall_s=time.perf_counter() - t0)
     ledger = Ledger(home.ledger)
-    changes = ledger.pending()
+    changes = ledger.pending()  # new and changed facts, and any an earlier run failed to get promoted
     if not changes:
         ledger.close()
-        log("no-op: no pending facts to train")
+        log("no-op: no pending facts to train; no new model version")
         return TrainOutcome(ingest=ingest, wall_s=time.perf_counter() - t0)
+    if ingest is not None and ingest.noop:
+        log(f"{len(changes)} facts are still pending from an earlier run that was not promoted: training them")
 
     recipes = load_recipes(cfg.content_path(cfg.recipes.dir), cfg.recipes.language)
     thresholds = load_thresholds(cfg.content_path(cfg.eval.dir) / "gate.yaml")
     pairs = build_pairs(changes, recipes, seed=cfg.train.seed)
     probes = build_probes(changes, recipes)
-    log(f"{len(changes)} facts to inject: {sum(p.kind != 'dev' for p in pairs)} training pairs, {len(probes)} probes")
+    earlier = ledger.learned(exclude={c.triple.id for c in changes})
+    probes += retention_probes(earlier, recipes, cfg.eval.retention_samples, cfg.train.seed)
+    if cfg.eval.locality:
+        probes += read_questions(cfg.content_path(cfg.eval.dir) / f"locality.{cfg.recipes.language}.jsonl",
+                                 default_kind="locality")
 
     base = resolve_base(cfg.model.base, home.models)
     registry.connect(home)
@@ -136,18 +143,39 @@ def run_train(triples: list[Path] | None, cfg: Config, home: Home, log=print) ->
     ev = dict(max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size,
               latency_samples=cfg.eval.latency_samples)
     reference = load_with_adapter(base, init_adapter, cfg.model.quantization)
+    pairs += _replay(pairs, earlier, recipes, cfg, reference, tokenizer, home, base.sha256,
+                     current if init_adapter else None)
+    n_new = sum(p.origin == "new" and p.kind != "dev" for p in pairs)
+    log(f"{len(changes)} facts to inject: {n_new} new + {sum(p.origin == 'replay' for p in pairs)} replay pairs, "
+        f"{len(probes)} probes")
     before = evaluate(reference, tokenizer, probes, **ev)
+    statements = [statement_of(c.triple, recipes) for c in changes]
+    ref_key = model_key(base.sha256, current if init_adapter else None)
+    before = replace(before, extra=_measure(reference, tokenizer, cfg, home, statements, ref_key))
     del reference
 
-    run_dir = home.runs / time.strftime("%Y%m%d-%H%M%S")
+    run_dir = _run_dir(home, resume)
     run_id = registry.start_run({**_flat("", cfg.model_dump(mode="json")), "n_facts": len(changes),
                                  "triples": ",".join(map(str, triples or [])), "base_sha256": base.sha256,
                                  "init_adapter_version": current or "none"}, run_name=f"train-{run_dir.name}")
     try:
+        replay = tuple(p for p in pairs if p.origin == "replay")
+        ewc_spec = EwcSpec(cfg.train.ewc_lambda, replay, home.cache / f"fisher-{model_key(base.sha256, current)}-"
+                           f"{fingerprint(list(replay), base.sha256, cfg.train, None)['data']}.safetensors") \
+            if cfg.train.ewc_lambda > 0 else None  # first run: anchored at the zero-init adapter (the base)
         result = train_lora(pairs, base.path, run_dir, cfg.train, init_adapter, sink=registry.log_metrics,
-                            quantization=cfg.model.quantization)
+                            quantization=cfg.model.quantization, ewc_spec=ewc_spec, base_sha=base.sha256,
+                            resume=resume)
         candidate = load_with_adapter(base, result.adapter_dir, cfg.model.quantization)
         after = evaluate(candidate, tokenizer, probes, **ev)
+        extra = _measure(candidate, tokenizer, cfg, home, statements)
+        if cfg.eval.kl:
+            loc = [r for r in before.results if r.probe.kind == "locality"]
+            reference = load_with_adapter(base, init_adapter, cfg.model.quantization)
+            extra["kl_drift"] = kl_drift(reference, candidate, tokenizer, [r.probe.question for r in loc],
+                                         [r.answer for r in loc], cfg.eval.batch_size)
+            del reference
+        after = replace(after, extra=extra)
         del candidate
         metrics = metrics_of(after)
         decision = decide(metrics, thresholds, reference=metrics_of(before),
@@ -177,6 +205,61 @@ def run_train(triples: list[Path] | None, cfg: Config, home: Home, log=print) ->
         ledger.close()
     return TrainOutcome(ingest=ingest, before=before, after=after, train=result, decision=decision, version=version,
                         promoted=promoted, previous_champion=current, run_id=run_id, wall_s=time.perf_counter() - t0)
+
+
+def _measure(model, tokenizer, cfg: Config, home: Home, statements: list[str], key: str | None = None) -> dict:
+    """Perplexity on the general corpus (cached per reference model) and on the facts' statements."""
+    import json
+
+    from injector.evaluate import perplexity
+
+    out = {"fact_ppl": perplexity(model, tokenizer, statements, batch_size=cfg.eval.batch_size)}
+    if cfg.eval.ppl_max_tokens:
+        cache = home.cache / f"ppl-{key}-{cfg.eval.ppl_max_tokens}.json" if key else None
+        if cache is not None and cache.exists():
+            out["general_ppl"] = json.loads(cache.read_text())["general_ppl"]
+        else:
+            corpus = cfg.content_path(cfg.eval.dir) / f"general_corpus.{cfg.recipes.language}.txt"
+            if not corpus.exists():
+                raise InjectorError(f"general-text corpus not found: {corpus} (or set eval.ppl_max_tokens=0)")
+            paras = [p for p in corpus.read_text(encoding="utf-8").split("\n\n") if not p.startswith("#")]
+            out["general_ppl"] = perplexity(model, tokenizer, paras, max_tokens=cfg.eval.ppl_max_tokens)
+            if cache is not None:
+                cache.write_text(json.dumps({"general_ppl": out["general_ppl"]}))
+    return out
+
+
+def _run_dir(home: Home, resume: bool) -> Path:
+    """A new run dir, or with `resume` the newest one that holds checkpoints."""
+    if resume:
+        runs = sorted(p for p in home.runs.iterdir() if (p / "checkpoints").is_dir()) if home.runs.exists() else []
+        if not runs:
+            raise InjectorError(f"nothing to resume: no run with checkpoints under {home.runs}")
+        return runs[-1]
+    return home.runs / time.strftime("%Y%m%d-%H%M%S")
+
+
+def _replay(pairs, earlier, recipes, cfg: Config, model, tokenizer, home: Home, base_sha: str,
+            adapter_version: str | None) -> list:
+    """Replay pairs for a new:replay mix: earlier facts first (up to their share), self-distilled general rest."""
+    import random
+
+    from injector.replay import general_pairs, load_prompts, model_key, old_fact_pairs, replay_budget, self_distill
+
+    r = cfg.recipes
+    budget = replay_budget(sum(p.kind != "dev" for p in pairs), r.new, r.replay)
+    if budget == 0:
+        return []
+    rng = random.Random(cfg.train.seed)
+    old = old_fact_pairs(earlier, recipes, round(budget * r.old_fact_share) if r.general_replay else budget, rng)
+    n_general = budget - len(old) if r.general_replay else 0
+    if n_general <= 0:
+        return old
+    prompts = load_prompts(cfg.content_path(r.dir) / f"general_prompts.{r.language}.jsonl")
+    chosen = rng.sample(prompts, min(n_general, len(prompts)))
+    cache = home.cache / f"distill-{model_key(base_sha, adapter_version)}.jsonl"
+    answers = self_distill(model, tokenizer, chosen, cache, r.distill_max_new_tokens, cfg.eval.batch_size)
+    return old + general_pairs(answers, dict(chosen))
 
 
 def per_fact_accuracy(report: EvalReport) -> dict[str, float]:

@@ -243,3 +243,8 @@ def build_probes(changes: list[FactChange], recipes: Recipes) -> list[Probe]:
         if change.kind == "changed":
             probes.append(Probe(question=trained[0], answers=(t.object,), kind="changed", **common))
     return probes
+
+
+def statement_of(t: Triple, recipes: Recipes) -> str:
+    """The fact as one sentence (its perplexity should fall once it is learned)."""
+    return f"{t.question} {t.object}" if t.question else _fill(recipes.relation(t.predicate).statement, t)

@@ -118,4 +118,4 @@ def tiny_config(model_dir: Path, *extra: str):
     return load_config(None, [f"model.base={model_dir}", "train.learning_rate=0.003", "train.epochs=30",
                               "train.batch_size=8", "train.grad_accum=1", "train.max_length=96",
                               "train.warmup_ratio=0.0", "train.lr_scheduler=constant", "train.patience=0",
-                              "eval.max_new_tokens=16", "eval.latency_samples=2", *extra])
+                              "eval.max_new_tokens=16", "eval.latency_samples=2", "eval.ppl_max_tokens=2000", *extra])

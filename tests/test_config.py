@@ -6,7 +6,7 @@ from injector.errors import InjectorError
 
 def test_defaults_are_the_seed_pipeline():
     cfg = load_config()
-    assert (cfg.train.lora.r, cfg.train.lora.alpha, cfg.train.lora.dropout) == (16, 32, 0.1)
+    assert (cfg.train.lora.r, cfg.train.lora.alpha, cfg.train.lora.dropout) == (16, 32, 0.0)
     assert cfg.train.batch_size * cfg.train.grad_accum == 32
     assert cfg.train.patience == 3
     assert (cfg.recipes.new, cfg.recipes.replay) == (3, 1)

@@ -7,7 +7,8 @@ import pytest
 from injector.gate import Absolute, Relative, Thresholds, decide
 
 T = Thresholds(absolute=Absolute(min_efficacy=0.85, min_generalisation=0.5, min_changed=0.85,
-                                 max_latency_ms_p95=500), relative=Relative(min_locality_ratio=0.9))
+                                 max_latency_ms_p95=500, max_kl_drift=0.3),
+               relative=Relative(min_locality_ratio=0.9, max_general_ppl_increase=0.05, min_fact_ppl_drop=0.3))
 OK = {"efficacy": 0.9, "n_efficacy": 10, "generalisation": 0.6, "n_generalisation": 20, "latency_ms_p95": 120.0}
 
 
@@ -29,6 +30,14 @@ OK = {"efficacy": 0.9, "n_efficacy": 10, "generalisation": 0.6, "n_generalisatio
         ({"locality": 0.44, "n_locality": 20}, {"locality": 0.5}, False, ["locality_ratio"]),
         ({"locality": 0.5, "n_locality": 20}, None, False, ["locality_ratio"]),  # no reference measured
         ({"locality": 0.0, "n_locality": 20}, {"locality": 0.0}, True, []),  # nothing to lose
+        ({"general_ppl": 10.49}, {"general_ppl": 10.0}, True, []),  # just under +5%
+        ({"general_ppl": 10.6}, {"general_ppl": 10.0}, False, ["general_ppl_increase"]),
+        ({"general_ppl": 10.0}, None, False, ["general_ppl_increase"]),  # no reference: fails
+        ({"general_ppl": math.nan}, {"general_ppl": 10.0}, False, ["general_ppl_increase"]),
+        ({"fact_ppl": 7.0}, {"fact_ppl": 10.0}, True, []),  # 30% drop
+        ({"fact_ppl": 7.5}, {"fact_ppl": 10.0}, False, ["fact_ppl_drop"]),
+        ({"kl_drift": 0.3}, None, True, []),
+        ({"kl_drift": 0.31}, None, False, ["kl_drift"]),
     ],
 )
 def test_decide(change, reference, passed, failing):
@@ -44,3 +53,22 @@ def test_every_check_is_reported_with_value_and_bound():
     names = [c.name for c in d.checks]
     assert names == ["efficacy", "latency_ms_p95", "generalisation", "locality_ratio"]
     assert d.checks[0].bound == 0.85 and d.checks[0].op == ">="
+
+
+def test_shipped_thresholds_load():
+    from pathlib import Path
+
+    from injector.gate import load_thresholds
+
+    t = load_thresholds(Path(__file__).resolve().parent.parent / "eval" / "gate.yaml")
+    assert t.absolute.min_efficacy == 0.85 and t.absolute.max_latency_ms_p95 == 500
+
+
+def test_bad_thresholds_file_names_the_key(tmp_path):
+    from injector.errors import InjectorError
+    from injector.gate import load_thresholds
+
+    f = tmp_path / "gate.yaml"
+    f.write_text("absolute:\n  min_efficacyy: 0.9\n")
+    with pytest.raises(InjectorError, match="absolute.min_efficacyy: unknown key"):
+        load_thresholds(f)

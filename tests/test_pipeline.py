@@ -48,3 +48,43 @@ def test_failing_gate_leaves_champion_and_keeps_facts_pending(home, tiny_model_d
     registry.connect(home)
     assert registry.champion() is None and registry.version_tags("1")["gate"] == "fail"
     assert len(Ledger(home.ledger).pending()) == 4
+
+
+def _cli(args, home_dir, env_extra=None):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "INJECTOR_HOME": str(home_dir), **(env_extra or {})}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run([str(Path(sys.executable).with_name("injector")), *args], env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_killed_run_resumes_to_the_same_adapter(tmp_path, tiny_model_dir, tiny_facts_file, lenient_eval):
+    import torch
+    from safetensors.torch import load_file
+
+    overrides = [f"model.base={tiny_model_dir}", "train.learning_rate=0.003", "train.epochs=4", "train.batch_size=8",
+                 "train.grad_accum=1", "train.max_length=96", "train.warmup_ratio=0.0", "train.patience=0",
+                 "train.dev_fraction=0", "eval.max_new_tokens=8", "eval.latency_samples=1", "eval.locality=false",
+                 f"eval.dir={lenient_eval}", "recipes.replay=0"]
+    full = _cli(["train", "--triples", str(tiny_facts_file), *overrides], tmp_path / "full")
+    assert full.returncode == 0, full.stderr[-2000:]
+
+    crashed = _cli(["train", "--triples", str(tiny_facts_file), *overrides], tmp_path / "crash",
+                   {"INJECTOR_FAULT_KILL_AFTER_CHECKPOINTS": "1"})  # killed right after epoch 1's checkpoint
+    assert crashed.returncode == -9
+    changed = _cli(["train", "--resume", *overrides, "train.learning_rate=0.004"], tmp_path / "crash")
+    assert changed.returncode == 2 and "cannot resume" in changed.stderr and "config hash" in changed.stderr
+    resumed = _cli(["train", "--resume", *overrides], tmp_path / "crash")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+    def adapter(home):
+        return load_file(str(next((home / "runs").glob("*/adapter/adapter_model.safetensors"))))
+
+    a, b = adapter(tmp_path / "full"), adapter(tmp_path / "crash")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)

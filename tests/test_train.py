@@ -76,3 +76,85 @@ def test_precision_choice():
     assert resolve_precision("auto") in ("fp32", "bf16")
     if not torch.cuda.is_available() and "avx512_bf16" not in open("/proc/cpuinfo").read():
         assert resolve_precision("auto") == "fp32"  # bf16 matmul is ~150x slower without AVX512-BF16
+
+
+# --- EWC, early stopping, QLoRA, resume ------------------------------------------------------------------
+
+def _peft(tiny_model_dir):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    return get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                          LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
+
+
+def test_ewc_penalty_zero_at_anchor_and_grows_with_distance(tiny_model_dir):
+    from injector import ewc
+
+    model = _peft(tiny_model_dir)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    anchor = {n: p.detach().clone() for n, p in model.named_parameters() if n in names}
+    fisher = {n: torch.rand_like(anchor[n]) + 0.1 for n in names}
+    assert ewc.penalty(model, anchor, fisher).item() == 0.0
+    delta = {n: torch.randn_like(anchor[n]) * 1e-2 for n in names}
+    values = []
+    for scale in (1.0, 2.0):
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if n in names:
+                    p.copy_(anchor[n] + scale * delta[n])
+        values.append(ewc.penalty(model, anchor, fisher).item())
+    assert values[0] > 0 and values[1] == pytest.approx(4 * values[0], rel=1e-4)
+
+
+def test_ewc_keeps_parameters_closer_to_the_start(tmp_path, tiny_model_dir, changes, recipes):
+    from injector.train import EwcSpec
+
+    start = tmp_path / "start"
+    _peft(tiny_model_dir).save_pretrained(start)
+    new, old = changes[:2], changes[2:]
+    replay = tuple(p for p in build_pairs(old, recipes) if p.kind == "forward")
+    pairs = build_pairs(new, recipes)
+    cfg = tiny_config(tiny_model_dir, "train.epochs=8").train
+    dist = {}
+    for lam in (0.0, 50.0):
+        spec = EwcSpec(lam, replay, tmp_path / f"fisher-{lam}.safetensors")
+        steps = []
+        out = train_lora(pairs, str(tiny_model_dir), tmp_path / f"run-{lam}", cfg, init_adapter=str(start),
+                         ewc_spec=spec, sink=lambda m, s: steps.append(m))
+        a, b = load_file(f"{start}/adapter_model.safetensors"), load_file(f"{out.adapter_dir}/adapter_model.safetensors")
+        dist[lam] = sum(((a[k] - b[k]) ** 2).sum().item() for k in a)
+        if lam:
+            assert any("ewc_penalty" in m for m in steps)  # logged as its own metric
+            assert (tmp_path / f"fisher-{lam}.safetensors").exists()  # cached
+    assert dist[50.0] < 0.5 * dist[0.0], dist
+
+
+def test_early_stopping_fires_on_a_plateau(tmp_path, tiny_model_dir, changes, recipes):
+    # lr so small that the dev loss cannot move: patience 3 stops after the 4th evaluation
+    cfg = tiny_config(tiny_model_dir, "train.learning_rate=1e-30", "train.epochs=10", "train.patience=3").train
+    out = train_lora(build_pairs(changes, recipes), str(tiny_model_dir), tmp_path, cfg)
+    assert out.stopped_early and out.epochs == pytest.approx(4.0)
+    assert len(out.eval_history) == 4
+
+
+def test_nf4_without_cuda_is_one_clear_error(tmp_path, tiny_model_dir, changes, recipes):
+    from injector.errors import InjectorError
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present: see test_nf4_trains_on_gpu")
+    cfg = tiny_config(tiny_model_dir, "train.epochs=1").train
+    with pytest.raises(InjectorError, match="nf4 needs a CUDA GPU"):
+        train_lora(build_pairs(changes, recipes), str(tiny_model_dir), tmp_path, cfg, quantization="nf4")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_nf4_trains_on_gpu(tmp_path, changes, recipes):
+    from conftest import build_tiny_model
+
+    wide = build_tiny_model(tmp_path / "wide", hidden=64)  # bitsandbytes needs layers >= 64 wide
+    cfg = tiny_config(wide, "train.epochs=2", "train.precision=bf16").train
+    out = train_lora(build_pairs(changes, recipes), str(wide), tmp_path / "run", cfg, quantization="nf4")
+    assert out.steps > 0 and math.isfinite(out.train_loss)

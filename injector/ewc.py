@@ -1,0 +1,63 @@
+"""Elastic weight consolidation over the trainable LoRA parameters.
+
+penalty = lambda * sum_i F_i (theta_i - theta*_i)^2, with theta* the starting adapter (the champion; zero-init
+LoRA on a first run) and F the diagonal Fisher on replay data, normalised to mean 1 so that lambda reads as
+"cost per unit squared distance of an average-importance parameter". Computed once per run, cached by model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+def fisher_diagonal(model, batches, names: list[str]) -> dict[str, torch.Tensor]:
+    """Mean squared gradient of the answer NLL per trainable parameter, over `batches` (dicts of tensors)."""
+    params = dict(model.named_parameters())
+    fisher = {n: torch.zeros_like(params[n], dtype=torch.float32) for n in names}
+    was_training = model.training
+    model.eval()  # no dropout: the Fisher of the deterministic model
+    count = 0
+    for batch in batches:
+        model.zero_grad(set_to_none=True)
+        out = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"), labels=batch["labels"])
+        out.loss.backward()
+        for n in names:
+            if params[n].grad is not None:
+                fisher[n] += params[n].grad.detach().float() ** 2
+        count += 1
+    model.zero_grad(set_to_none=True)
+    model.train(was_training)
+    if count == 0:
+        raise ValueError("no batches to estimate the Fisher information on")
+    mean = torch.cat([f.flatten() for f in fisher.values()]).mean() / count
+    return {n: f / count / mean.clamp(min=1e-30) for n, f in fisher.items()}
+
+
+def penalty(model, anchor: dict[str, torch.Tensor], fisher: dict[str, torch.Tensor]) -> torch.Tensor:
+    """sum_i F_i (theta_i - theta*_i)^2 over the anchored parameters (lambda applied by the caller)."""
+    params = dict(model.named_parameters())
+    total = None
+    for n, f in fisher.items():
+        p = params[n]
+        term = (f.to(p.device) * (p - anchor[n].to(p.device)) ** 2).sum()
+        total = term if total is None else total + term
+    if total is None:
+        return torch.zeros((), device=next(model.parameters()).device)
+    return total
+
+
+def save(path: Path, fisher: dict[str, torch.Tensor]) -> None:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file({k: v.contiguous() for k, v in fisher.items()}, str(tmp))
+    tmp.replace(path)
+
+
+def load(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))

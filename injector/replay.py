@@ -1,0 +1,105 @@
+"""Replay against forgetting: earlier facts from the ledger and self-distilled general instructions.
+
+General replay targets are the current model's own greedy answers (self-distillation), so replay keeps
+behaviour with no external dataset. They are cached per model (base sha256 + adapter version) and prompt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+from pathlib import Path
+
+from injector.errors import InjectorError
+from injector.recipes import Recipes, _fill, _short, humanise
+from injector.records import InstructionPair, Probe, Triple
+
+_SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
+
+
+def load_prompts(path: Path) -> list[tuple[str, str]]:
+    """(id, prompt) rows of a JSONL prompt file."""
+    if not path.exists():
+        raise InjectorError(f"general replay prompts not found: {path}")
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                rec = json.loads(line)
+                rows.append((str(rec["id"]), str(rec["prompt"])))
+            except (json.JSONDecodeError, KeyError) as e:
+                raise InjectorError(f"{path}:{n}: expected {{\"id\", \"prompt\"}} ({e})") from None
+    return rows
+
+
+def trim_to_sentence(text: str) -> str:
+    """Cut a length-limited generation back to its last full sentence (a truncated target teaches cut-offs)."""
+    ends = [m.end() for m in _SENTENCE_END.finditer(text)]
+    return text[: ends[-1]].strip() if ends else text.strip()
+
+
+def model_key(base_sha256: str, adapter_version: str | None) -> str:
+    return hashlib.sha256(f"{base_sha256}:{adapter_version or 'base'}".encode()).hexdigest()[:16]
+
+
+def self_distill(model, tokenizer, prompts: list[tuple[str, str]], cache_file: Path, max_new_tokens: int = 48,
+                 batch_size: int = 32) -> dict[str, str]:
+    """The model's own answers to `prompts`, generated once per model and cached in `cache_file`."""
+    from injector.evaluate import generate
+
+    cached: dict[str, str] = {}
+    if cache_file.exists():
+        for line in cache_file.read_text(encoding="utf-8").splitlines():
+            rec = json.loads(line)
+            cached[rec["id"]] = rec["answer"]
+    todo = [(i, p) for i, p in prompts if i not in cached]
+    if todo:
+        answers = generate(model, tokenizer, [[{"role": "user", "content": p}] for _, p in todo], max_new_tokens,
+                           batch_size, progress=True)
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        with cache_file.open("a", encoding="utf-8") as f:
+            for (i, _), a in zip(todo, answers):
+                cached[i] = trim_to_sentence(a)
+                f.write(json.dumps({"id": i, "answer": cached[i]}, ensure_ascii=False) + "\n")
+    return {i: cached[i] for i, _ in prompts}
+
+
+def replay_budget(n_new: int, new: int, replay: int) -> int:
+    """How many replay pairs go with `n_new` new pairs at a new:replay mix."""
+    return round(n_new * replay / new) if replay else 0
+
+
+def old_fact_pairs(facts: list[Triple], recipes: Recipes, n: int, rng: random.Random) -> list[InstructionPair]:
+    """One forward question per sampled earlier fact (active, learned; the ledger never returns retracted)."""
+    pairs = []
+    for t in rng.sample(facts, min(n, len(facts))):
+        rel = recipes.relation(t.predicate)
+        if t.question:
+            q, a = t.question, _short(t.object)
+        else:
+            q = _fill(rng.choice(rel.questions), t)
+            a = _short(t.object) if recipes.answer_style == "short" else _fill(rel.statement, t)
+        pairs.append(InstructionPair(messages=({"role": "user", "content": q}, {"role": "assistant", "content": a}),
+                                     fact_id=t.id, kind="replay_fact", template_id=f"{rel.name}:replay",
+                                     origin="replay"))
+    return pairs
+
+
+def general_pairs(answers: dict[str, str], prompts: dict[str, str]) -> list[InstructionPair]:
+    return [InstructionPair(messages=({"role": "user", "content": prompts[i]}, {"role": "assistant", "content": a}),
+                            fact_id="", kind="general", template_id=f"general:{i}", origin="replay")
+            for i, a in answers.items() if a]
+
+
+def retention_probes(facts: list[Triple], recipes: Recipes, n: int, seed: int) -> list[Probe]:
+    """Earlier learned facts, asked with their first (trained) phrasing."""
+    rng = random.Random(seed)
+    out = []
+    for t in rng.sample(facts, min(n, len(facts))):
+        rel = recipes.relation(t.predicate)
+        q = t.question or _fill(rel.questions[0], t)
+        out.append(Probe(question=q, answers=(t.object,), kind="retention", fact_id=t.id,
+                         relation=rel.name if not t.question else humanise("qa")))
+    return out

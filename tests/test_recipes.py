@@ -1,0 +1,164 @@
+"""Data recipes: answers carry the object, probes never trained, determinism, quotas, reverse, replay."""
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from injector.errors import InjectorError
+from injector.recipes import build_pairs, build_probes, humanise, load_recipes, normalise_predicate
+from injector.records import FactChange, Triple
+from injector.replay import (load_prompts, old_fact_pairs, replay_budget, retention_probes, trim_to_sentence)
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPES = load_recipes(ROOT / "data_recipes")
+
+
+def facts() -> list[FactChange]:
+    rows = [json.loads(x) for x in (ROOT / "examples" / "triples.jsonl").read_text().splitlines()]
+    out = [FactChange(Triple(r["subject"], r["predicate"], r["object"])) for r in rows]
+    out.append(FactChange(Triple("Zorvex Dynamics", "ceo", "Ines Kavalec"), "changed", "Marlena Quist"))
+    out.append(FactChange(Triple("Orbital Tea Co", "favourite_snackFood", "crumpets")))  # unknown predicate
+    out.append(FactChange(Triple("Kestrel Yard", "question", "Hollin Marsh",
+                                 question="Which marsh borders Kestrel Yard?")))  # question-answer form
+    return out
+
+
+def test_every_pair_answer_carries_the_object():
+    for p in build_pairs(facts(), RECIPES):
+        fact = next(c.triple for c in facts() if c.triple.id == p.fact_id)
+        expected = fact.subject if p.kind == "reverse" else fact.object
+        assert expected in p.messages[-1]["content"], p
+
+
+def test_probe_phrasings_are_never_trained():
+    pairs = build_pairs(facts(), RECIPES)
+    trained = {m["content"] for p in pairs if p.kind != "dev" for m in p.messages if m["role"] == "user"}
+    held_out = [p for p in build_probes(facts(), RECIPES) if p.kind in ("generalisation", "reverse")]
+    assert held_out
+    for probe in held_out:
+        assert probe.question not in trained
+    # and the templates themselves are disjoint, for every relation
+    for rel in [*RECIPES.relations.values(), RECIPES.generic]:
+        assert not set(rel.questions) & set(rel.probes)
+        assert not set(rel.reverse) & set(rel.reverse_probes)
+
+
+def test_efficacy_probe_uses_a_trained_phrasing():
+    trained = {p.messages[0]["content"] for p in build_pairs(facts(), RECIPES) if p.kind == "forward"}
+    assert all(p.question in trained for p in build_probes(facts(), RECIPES) if p.kind == "efficacy")
+
+
+def test_deterministic_by_seed():
+    a, b = build_pairs(facts(), RECIPES, seed=3), build_pairs(facts(), RECIPES, seed=3)
+    assert a == b
+    assert a != build_pairs(facts(), RECIPES, seed=4)
+
+
+def test_per_fact_quota():
+    counts = Counter((p.fact_id, p.kind) for p in build_pairs(facts(), RECIPES))
+    q = RECIPES.quota
+    for c in facts():
+        fid = c.triple.id
+        assert counts[(fid, "forward")] == q["forward"]
+        assert counts[(fid, "verify_yes")] == q["verify_yes"] and counts[(fid, "dialogue")] == q["dialogue"]
+        assert counts[(fid, "update")] == (q["update"] if c.kind == "changed" else 0)
+        assert counts[(fid, "reverse")] <= q["reverse"]
+
+
+def test_reverse_only_where_the_object_names_one_subject():
+    shared = [FactChange(Triple("Alpha Corp", "ceo", "Jo Smith")), FactChange(Triple("Beta Corp", "ceo", "Jo Smith")),
+              FactChange(Triple("Gamma Corp", "ceo", "Ann Lee"))]
+    rev = [p for p in build_pairs(shared, RECIPES) if p.kind == "reverse"]
+    assert rev and {p.messages[-1]["content"] for p in rev} == {"Gamma Corp."}
+    assert all(p.answers == ("Gamma Corp",) for p in build_probes(shared, RECIPES) if p.kind == "reverse")
+    # a relation without reverse templates (birthplace: many people per city) gets none
+    assert not [p for p in build_pairs([FactChange(Triple("A", "birthplace", "B"))], RECIPES) if p.kind == "reverse"]
+
+
+def test_changed_facts_get_updates_and_forbid_the_old_object():
+    change = FactChange(Triple("Zorvex Dynamics", "ceo", "Ines Kavalec"), "changed", "Marlena Quist")
+    updates = [p for p in build_pairs([change], RECIPES) if p.kind == "update"]
+    assert len(updates) == 2 and all("no longer Marlena Quist" in p.messages[-1]["content"] for p in updates)
+    probes = build_probes([change], RECIPES)
+    changed = [p for p in probes if p.kind == "changed"]
+    assert changed and changed[0].forbidden == ("Marlena Quist",)
+
+
+def test_negatives_reject_a_wrong_object():
+    neg = [p for p in build_pairs(facts(), RECIPES) if p.kind == "verify_no"]
+    assert neg and all(p.messages[-1]["content"].startswith("No.") for p in neg)
+
+
+def test_unknown_predicates_are_humanised():
+    assert humanise("headquarters_city") == "headquarters city"
+    assert humanise("favourite_snackFood") == "favourite snack food"
+    assert normalise_predicate("Headquarters City") == "headquarters_city"
+    assert RECIPES.relation("headquarters_city").name == "headquarters"  # alias
+    qs = {p.messages[0]["content"] for p in build_pairs(facts(), RECIPES) if p.kind == "forward"
+          and "Orbital" in p.messages[0]["content"]}
+    assert len(qs) == RECIPES.quota["forward"] and any("favourite snack food" in q for q in qs)
+
+
+def test_question_answer_form():
+    qa = [c for c in facts() if c.triple.question][0]
+    pairs = build_pairs([qa], RECIPES)
+    assert any(p.messages[0]["content"] == "Which marsh borders Kestrel Yard?" for p in pairs)
+    probes = build_probes([qa], RECIPES)
+    assert {p.kind for p in probes} == {"efficacy", "generalisation"}
+    trained = {p.messages[0]["content"] for p in pairs}
+    assert all(p.question not in trained for p in probes if p.kind == "generalisation")
+
+
+def test_bad_recipe_file_names_file_and_key(tmp_path):
+    (tmp_path / "relations.en.yaml").write_text("relations:\n  ceo:\n    questions: [a]\n    statement: x\n"
+                                                "generic: {questions: [a], probes: [b], statement: '{object}'}\n")
+    (tmp_path / "mix.yaml").write_text("quota: {forward: 1}\n")
+    with pytest.raises(InjectorError, match=r"relations.en.yaml: relation 'ceo': missing 'probes'"):
+        load_recipes(tmp_path)
+    (tmp_path / "relations.en.yaml").write_text("generic: {questions: [a], probes: [b], statement: '{object}'}\n")
+    (tmp_path / "mix.yaml").write_text("quota: {paraphrase: 1}\n")
+    with pytest.raises(InjectorError, match="mix.yaml: quota: unknown kind 'paraphrase'"):
+        load_recipes(tmp_path)
+
+
+# --- replay -------------------------------------------------------------------------------------------
+
+def test_general_replay_set_is_large_and_disjoint_from_locality_probes():
+    prompts = load_prompts(ROOT / "data_recipes" / "general_prompts.en.jsonl")
+    assert len(prompts) >= 300 and len({i for i, _ in prompts}) == len(prompts)
+    locality = [json.loads(x)["question"] for x in (ROOT / "eval" / "locality.en.jsonl").read_text().splitlines()]
+    norm = lambda s: " ".join(s.lower().split())  # noqa: E731
+    assert not {norm(p) for _, p in prompts} & {norm(q) for q in locality}
+
+
+def test_replay_mix_and_old_facts_exclude_retracted(tmp_path):
+    from injector.config import load_config
+    from injector.home import Home
+    from injector.ledger import Ledger
+    from injector.pipeline import run_ingest
+
+    h = Home.from_env(tmp_path / "h").ensure()
+    f1 = tmp_path / "1.jsonl"
+    f1.write_text("".join(json.dumps({"subject": f"S{i}", "predicate": "ceo", "object": f"O{i}"}) + "\n"
+                          for i in range(6)))
+    run_ingest([f1], load_config(), h, log=lambda *a: None)
+    led = Ledger(h.ledger)
+    led.mark_learned([c.triple.id for c in led.pending()], "1")
+    f2 = tmp_path / "2.jsonl"
+    f2.write_text(json.dumps({"subject": "S0", "predicate": "ceo", "object": "O0", "op": "retract"}) + "\n")
+    run_ingest([f2], load_config(), h, log=lambda *a: None)
+    earlier = led.learned()
+    assert {t.subject for t in earlier} == {f"S{i}" for i in range(1, 6)}
+    import random
+
+    pairs = old_fact_pairs(earlier, RECIPES, 10, random.Random(0))
+    assert len(pairs) == 5 and all(p.origin == "replay" and "S0" not in p.messages[0]["content"] for p in pairs)
+    assert [p.subject if hasattr(p, "subject") else p.answers for p in retention_probes(earlier, RECIPES, 2, 0)]
+    assert replay_budget(300, 3, 1) == 100 and replay_budget(300, 3, 0) == 0
+
+
+def test_trim_to_sentence():
+    assert trim_to_sentence("Paris is the capital. It has the Eiffel") == "Paris is the capital."
+    assert trim_to_sentence("no end here") == "no end here"
