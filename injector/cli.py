@@ -67,6 +67,11 @@ def train(
         return
     print_before_after(outcome.before, outcome.after)
     print_gate(outcome.decision)
+    b, a = outcome.before.extra, outcome.after.extra
+    if "general_ppl" in a and b.get("general_ppl"):
+        print(f"general-text perplexity {b['general_ppl']:.2f} -> {a['general_ppl']:.2f} "
+              f"({a['general_ppl'] / b['general_ppl'] - 1:+.1%}); fact-statement perplexity {b['fact_ppl']:.1f} -> "
+              f"{a['fact_ppl']:.1f}; KL drift {a.get('kl_drift', float('nan')):.4f} nats/token")
     t = outcome.train
     print(f"trained {t.n_examples} examples, {t.steps} steps, {t.epochs:.1f} epochs in {t.wall_s:.0f} s: "
           f"{t.tokens_per_s:.0f} train tokens/s")
@@ -199,13 +204,22 @@ def eval_cmd(
     model: str = typer.Option("champion", "--model", "-m", help="champion, challenger, base, or a version number."),
     config: Path | None = CONFIG,
     json_out: bool = typer.Option(False, "--json", help="Print JSON: {by_kind: {kind: {n, accuracy}}, overall}."),
+    context: Path | None = typer.Option(None, "--context", help="In-context baseline: state the facts of this "
+                                                                   "triples file in the prompt (no training)."),
 ) -> None:
     """Answer each question by generation and report accuracy per kind and overall."""
-    from injector.evaluate import evaluate
+    from injector.evaluate import evaluate, in_context
     from injector.probes import read_questions
 
     cfg = _config(config, None)
     probes = read_questions(questions)
+    if context is not None:
+        from injector.ingest import read_batch
+        from injector.recipes import load_recipes, statement_of
+
+        recipes = load_recipes(cfg.content_path(cfg.recipes.dir), cfg.recipes.language)
+        facts = [statement_of(t, recipes) for t in read_batch([context], mode="delta").triples]
+        probes = in_context(probes, facts)
     mdl, tok = _load_model(model, cfg)
     report = evaluate(mdl, tok, probes, cfg.eval.max_new_tokens, cfg.eval.batch_size, cfg.eval.latency_samples,
                       progress=not json_out)

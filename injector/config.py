@@ -61,6 +61,7 @@ class RecipesConfig(_Section):
     replay: int = Field(1, ge=0)
     general_replay: bool = True  # self-distilled general instructions among the replay
     old_fact_share: float = Field(0.5, ge=0, le=1)  # share of the replay budget for earlier facts (when any)
+    anchor_share: float = Field(0.5, ge=0, le=1)  # of the rest: real subjects in the batch's relations
     distill_max_new_tokens: int = Field(48, ge=8)
 
 

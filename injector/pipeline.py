@@ -143,7 +143,7 @@ def run_train(triples: list[Path] | None, cfg: Config, home: Home, log=print, re
     ev = dict(max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size,
               latency_samples=cfg.eval.latency_samples)
     reference = load_with_adapter(base, init_adapter, cfg.model.quantization)
-    pairs += _replay(pairs, earlier, recipes, cfg, reference, tokenizer, home, base.sha256,
+    pairs += _replay(pairs, changes, earlier, recipes, cfg, reference, tokenizer, home, base.sha256,
                      current if init_adapter else None)
     n_new = sum(p.origin == "new" and p.kind != "dev" for p in pairs)
     log(f"{len(changes)} facts to inject: {n_new} new + {sum(p.origin == 'replay' for p in pairs)} replay pairs, "
@@ -239,12 +239,22 @@ def _run_dir(home: Home, resume: bool) -> Path:
     return home.runs / time.strftime("%Y%m%d-%H%M%S")
 
 
-def _replay(pairs, earlier, recipes, cfg: Config, model, tokenizer, home: Home, base_sha: str,
+def _replay(pairs, changes, earlier, recipes, cfg: Config, model, tokenizer, home: Home, base_sha: str,
             adapter_version: str | None) -> list:
-    """Replay pairs for a new:replay mix: earlier facts first (up to their share), self-distilled general rest."""
+    """Replay for a new:replay mix: earlier facts (up to their share), anchors in the batch's relations (up to
+    theirs), self-distilled general instructions for the rest."""
     import random
 
-    from injector.replay import general_pairs, load_prompts, model_key, old_fact_pairs, replay_budget, self_distill
+    from injector.replay import (
+        anchor_prompts,
+        distilled_pairs,
+        load_anchors,
+        load_prompts,
+        model_key,
+        old_fact_pairs,
+        replay_budget,
+        self_distill,
+    )
 
     r = cfg.recipes
     budget = replay_budget(sum(p.kind != "dev" for p in pairs), r.new, r.replay)
@@ -252,14 +262,19 @@ def _replay(pairs, earlier, recipes, cfg: Config, model, tokenizer, home: Home, 
         return []
     rng = random.Random(cfg.train.seed)
     old = old_fact_pairs(earlier, recipes, round(budget * r.old_fact_share) if r.general_replay else budget, rng)
-    n_general = budget - len(old) if r.general_replay else 0
-    if n_general <= 0:
+    rest = budget - len(old)
+    if rest <= 0 or not r.general_replay:
         return old
+    rels = [recipes.relation(c.triple.predicate).name for c in changes if not c.triple.question]
+    anchors = anchor_prompts(rels, load_anchors(cfg.content_path(r.dir) / f"anchors.{r.language}.yaml"), recipes,
+                             round(rest * r.anchor_share), rng)
     prompts = load_prompts(cfg.content_path(r.dir) / f"general_prompts.{r.language}.jsonl")
-    chosen = rng.sample(prompts, min(n_general, len(prompts)))
+    general = rng.sample(prompts, min(rest - len(anchors), len(prompts)))
     cache = home.cache / f"distill-{model_key(base_sha, adapter_version)}.jsonl"
-    answers = self_distill(model, tokenizer, chosen, cache, r.distill_max_new_tokens, cfg.eval.batch_size)
-    return old + general_pairs(answers, dict(chosen))
+    answers = self_distill(model, tokenizer, anchors + general, cache, r.distill_max_new_tokens, cfg.eval.batch_size)
+    ask = dict(anchors + general)
+    return (old + distilled_pairs({i: answers[i] for i, _ in anchors}, ask, "anchor")
+            + distilled_pairs({i: answers[i] for i, _ in general}, ask, "general"))
 
 
 def per_fact_accuracy(report: EvalReport) -> dict[str, float]:

@@ -87,12 +87,6 @@ def old_fact_pairs(facts: list[Triple], recipes: Recipes, n: int, rng: random.Ra
     return pairs
 
 
-def general_pairs(answers: dict[str, str], prompts: dict[str, str]) -> list[InstructionPair]:
-    return [InstructionPair(messages=({"role": "user", "content": prompts[i]}, {"role": "assistant", "content": a}),
-                            fact_id="", kind="general", template_id=f"general:{i}", origin="replay")
-            for i, a in answers.items() if a]
-
-
 def retention_probes(facts: list[Triple], recipes: Recipes, n: int, seed: int) -> list[Probe]:
     """Earlier learned facts, asked with their first (trained) phrasing."""
     rng = random.Random(seed)
@@ -103,3 +97,48 @@ def retention_probes(facts: list[Triple], recipes: Recipes, n: int, seed: int) -
         out.append(Probe(question=q, answers=(t.object,), kind="retention", fact_id=t.id,
                          relation=rel.name if not t.question else humanise("qa")))
     return out
+
+
+def load_anchors(path: Path) -> dict[str, list[str]]:
+    """Real subjects per relation (data_recipes/anchors.<lang>.yaml); missing file: no anchors."""
+    import yaml
+
+    from injector.recipes import normalise_predicate
+
+    if not path.exists():
+        return {}
+    tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(tree, dict) or not all(isinstance(v, list) for v in tree.values()):
+        raise InjectorError(f"{path}: expected a mapping of relation -> list of subjects")
+    return {normalise_predicate(k): [str(s) for s in v] for k, v in tree.items()}
+
+
+def anchor_prompts(relations: list[str], anchors: dict[str, list[str]], recipes: Recipes, n: int,
+                   rng: random.Random) -> list[tuple[str, str]]:
+    """Up to `n` questions about real subjects, in the trained templates of the batch's relations."""
+    pool = []
+    for name in sorted(set(relations)):
+        rel = recipes.relations.get(name)
+        if rel is None:
+            continue
+        for subject in anchors.get(name, []):
+            qi = rng.randrange(len(rel.questions))
+            q = _fill(rel.questions[qi], Triple(subject, name, ""))
+            pool.append((f"anchor:{name}:{subject}:{qi}", q))
+    rng.shuffle(pool)
+    # round-robin over relations so that each gets its anchors even when n is small
+    by_rel: dict[str, list] = {}
+    for item in pool:
+        by_rel.setdefault(item[0].split(":")[1], []).append(item)
+    out: list[tuple[str, str]] = []
+    while len(out) < n and any(by_rel.values()):
+        for items in by_rel.values():
+            if items and len(out) < n:
+                out.append(items.pop())
+    return out
+
+
+def distilled_pairs(answers: dict[str, str], prompts: dict[str, str], kind: str) -> list[InstructionPair]:
+    return [InstructionPair(messages=({"role": "user", "content": prompts[i]}, {"role": "assistant", "content": a}),
+                            fact_id="", kind=kind, template_id=i, origin="replay")
+            for i, a in answers.items() if a]
