@@ -303,6 +303,29 @@ def rollback() -> None:
     print(f"champion: v{old} -> v{new} (rolled back)")
 
 
+@app.command()
+def nightly(
+    source: Path = typer.Option(..., "--source", "-s", help="Drop file or directory of drop files."),
+    config: Path | None = CONFIG,
+    overrides: list[str] | None = OVERRIDES,
+) -> None:
+    """Run the Prefect nightly-update flow once, now (ephemeral Prefect unless PREFECT_API_URL is set)."""
+    import importlib.util
+
+    from injector.config import PROJECT_ROOT
+
+    path = PROJECT_ROOT / "flows" / "nightly_update.py"
+    spec = importlib.util.spec_from_file_location("nightly_update", path)
+    if spec is None or not path.exists():
+        raise InjectorError(f"flow not found: {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    _config(config, overrides)  # a bad config fails here, with one line, before Prefect starts
+    result = module.nightly_update(source=str(source), config=str(config) if config else None,
+                                   overrides=list(overrides or []))
+    print(json.dumps(result, indent=2, default=str))
+
+
 def main() -> None:
     try:
         app()

@@ -17,6 +17,7 @@ from injector.gate import decide, load_thresholds, metrics_of
 from injector.home import Home
 from injector.ingest import Batch, read_batch, write_quarantine
 from injector.ledger import Diff, Ledger
+from injector.lock import single_flight
 from injector.probes import read_questions
 from injector.records import EvalReport, GateDecision, TrainResult
 from injector.replay import model_key, retention_probes
@@ -57,11 +58,18 @@ class TrainOutcome:
         return self.version is None
 
 
-def run_ingest(paths: list[Path], cfg: Config, home: Home, log=print) -> IngestOutcome:
+def run_ingest(paths: list[Path], cfg: Config, home: Home, log=print, locked: bool = False) -> IngestOutcome:
     """Read, validate, diff against the ledger and record the snapshot (all or nothing)."""
+    home.ensure()
+    if not locked:
+        with single_flight(home.root, "injector ingest"):
+            return _ingest(paths, cfg, home, log)
+    return _ingest(paths, cfg, home, log)
+
+
+def _ingest(paths: list[Path], cfg: Config, home: Home, log) -> IngestOutcome:
     from injector.recipes import load_recipes
 
-    home.ensure()
     recipes = load_recipes(cfg.content_path(cfg.recipes.dir), cfg.recipes.language)
     batch = read_batch(paths, recipes.single_valued, cfg.ingest.mode, cfg.ingest.language,
                        cfg.ingest.max_field_length)
@@ -101,30 +109,41 @@ def _flat(prefix: str, obj) -> dict:
     return out
 
 
-def run_train(triples: list[Path] | None, cfg: Config, home: Home, log=print, resume: bool = False) -> TrainOutcome:
-    """Ingest `triples` (if given), then inject every pending fact into the champion (or the base) and gate it."""
-    from injector.evaluate import evaluate, kl_drift
+@dataclass(frozen=True)
+class Plan:
+    """Everything decided before training: the facts, the data, the probes and the reference's answers."""
+
+    changes: tuple
+    pairs: tuple
+    probes: tuple
+    statements: tuple[str, ...]
+    base: object  # models.BaseModelRef
+    current: str | None  # the champion version the candidate will be gated against
+    init_adapter: str | None
+    before: EvalReport
+    run_dir: Path
+    triples: tuple[str, ...] = ()
+
+
+def plan_candidate(cfg: Config, home: Home, log=print, triples: list[Path] | None = None,
+                   resume: bool = False) -> Plan | None:
+    """Pending facts -> pairs (with replay) and probes; the reference (champion or base) answers them first."""
+    from injector.evaluate import evaluate
     from injector.models import load_tokenizer, load_with_adapter, resolve_base
     from injector.recipes import build_pairs, build_probes, load_recipes, statement_of
-    from injector.train import train_lora
 
-    t0 = time.perf_counter()
-    home.ensure()
-    ingest = run_ingest(triples, cfg, home, log) if triples else None
     ledger = Ledger(home.ledger)
-    changes = ledger.pending()  # new and changed facts, and any an earlier run failed to get promoted
-    if not changes:
+    try:
+        changes = ledger.pending()  # new and changed facts, and any an earlier run failed to get promoted
+        earlier = ledger.learned(exclude={c.triple.id for c in changes})
+    finally:
         ledger.close()
+    if not changes:
         log("no-op: no pending facts to train; no new model version")
-        return TrainOutcome(ingest=ingest, wall_s=time.perf_counter() - t0)
-    if ingest is not None and ingest.noop:
-        log(f"{len(changes)} facts are still pending from an earlier run that was not promoted: training them")
-
+        return None
     recipes = load_recipes(cfg.content_path(cfg.recipes.dir), cfg.recipes.language)
-    thresholds = load_thresholds(cfg.content_path(cfg.eval.dir) / "gate.yaml")
     pairs = build_pairs(changes, recipes, seed=cfg.train.seed)
     probes = build_probes(changes, recipes)
-    earlier = ledger.learned(exclude={c.triple.id for c in changes})
     probes += retention_probes(earlier, recipes, cfg.eval.retention_samples, cfg.train.seed)
     if cfg.eval.locality:
         probes += read_questions(cfg.content_path(cfg.eval.dir) / f"locality.{cfg.recipes.language}.jsonl",
@@ -140,71 +159,117 @@ def run_train(triples: list[Path] | None, cfg: Config, home: Home, log=print, re
         else:
             log(f"champion v{current} was trained on another base model; starting from the base")
     tokenizer = load_tokenizer(base.path)
-    ev = dict(max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size,
-              latency_samples=cfg.eval.latency_samples)
     reference = load_with_adapter(base, init_adapter, cfg.model.quantization)
     pairs += _replay(pairs, changes, earlier, recipes, cfg, reference, tokenizer, home, base.sha256,
                      current if init_adapter else None)
     n_new = sum(p.origin == "new" and p.kind != "dev" for p in pairs)
     log(f"{len(changes)} facts to inject: {n_new} new + {sum(p.origin == 'replay' for p in pairs)} replay pairs, "
         f"{len(probes)} probes")
-    before = evaluate(reference, tokenizer, probes, **ev)
+    before = evaluate(reference, tokenizer, probes, cfg.eval.max_new_tokens, cfg.eval.batch_size,
+                      cfg.eval.latency_samples)
     statements = [statement_of(c.triple, recipes) for c in changes]
     ref_key = model_key(base.sha256, current if init_adapter else None)
     before = replace(before, extra=_measure(reference, tokenizer, cfg, home, statements, ref_key))
-    del reference
+    return Plan(tuple(changes), tuple(pairs), tuple(probes), tuple(statements), base, current, init_adapter, before,
+                _run_dir(home, resume), tuple(map(str, triples or ())))
 
-    run_dir = _run_dir(home, resume)
-    run_id = registry.start_run({**_flat("", cfg.model_dump(mode="json")), "n_facts": len(changes),
-                                 "triples": ",".join(map(str, triples or [])), "base_sha256": base.sha256,
-                                 "init_adapter_version": current or "none"}, run_name=f"train-{run_dir.name}")
+
+def start_run(plan: Plan, cfg: Config) -> str:
+    return registry.start_run({**_flat("", cfg.model_dump(mode="json")), "n_facts": len(plan.changes),
+                               "triples": ",".join(plan.triples), "base_sha256": plan.base.sha256,
+                               "init_adapter_version": plan.current if plan.init_adapter else "none"},
+                              run_name=f"train-{plan.run_dir.name}")
+
+
+def train_candidate(plan: Plan, cfg: Config, home: Home, run_id: str, resume: bool = False) -> TrainResult:
+    """LoRA-train the plan's pairs from the champion's adapter (or a fresh one), per-step metrics to MLflow."""
+    from injector.train import train_lora
+
+    replay = [p for p in plan.pairs if p.origin == "replay"]
+    key = model_key(plan.base.sha256, plan.current if plan.init_adapter else None)
+    ewc_spec = EwcSpec(cfg.train.ewc_lambda, tuple(replay), home.cache / f"fisher-{key}-"
+                       f"{fingerprint(replay, plan.base.sha256, cfg.train, None)['data']}.safetensors") \
+        if cfg.train.ewc_lambda > 0 else None  # first run: anchored at the zero-init adapter (the base)
+    return train_lora(list(plan.pairs), plan.base.path, plan.run_dir, cfg.train, plan.init_adapter,
+                      sink=lambda m, step: registry.log_metrics(run_id, m, step),
+                      quantization=cfg.model.quantization, ewc_spec=ewc_spec, base_sha=plan.base.sha256,
+                      resume=resume)
+
+
+def judge_candidate(plan: Plan, result: TrainResult, cfg: Config, home: Home) -> tuple[EvalReport, GateDecision]:
+    """Answer the same probes with the candidate, measure PPL and KL drift, and run the gate."""
+    from injector.evaluate import evaluate, kl_drift
+    from injector.models import load_tokenizer, load_with_adapter
+
+    tokenizer = load_tokenizer(plan.base.path)
+    candidate = load_with_adapter(plan.base, result.adapter_dir, cfg.model.quantization)
+    after = evaluate(candidate, tokenizer, list(plan.probes), cfg.eval.max_new_tokens, cfg.eval.batch_size,
+                     cfg.eval.latency_samples)
+    extra = _measure(candidate, tokenizer, cfg, home, list(plan.statements))
+    if cfg.eval.kl:
+        loc = [r for r in plan.before.results if r.probe.kind == "locality"]
+        reference = load_with_adapter(plan.base, plan.init_adapter, cfg.model.quantization)
+        extra["kl_drift"] = kl_drift(reference, candidate, tokenizer, [r.probe.question for r in loc],
+                                     [r.answer for r in loc], cfg.eval.batch_size)
+    after = replace(after, extra=extra)
+    thresholds = load_thresholds(cfg.content_path(cfg.eval.dir) / "gate.yaml")
+    decision = decide(metrics_of(after), thresholds, reference=metrics_of(plan.before),
+                      compared_with=f"v{plan.current}" if plan.current else "base")
+    return after, decision
+
+
+def record_candidate(plan: Plan, result: TrainResult, after: EvalReport, decision: GateDecision, home: Home,
+                     run_id: str, log=print) -> tuple[str, bool]:
+    """Register the candidate (always), move `champion` if the gate passed, write the ledger. -> (version, promoted)"""
+    from injector.report import write_run_report
+
+    metrics = metrics_of(after)
+    registry.log_metrics(run_id, {**{f"eval_{k}": v for k, v in metrics.items()},
+                                  "train_tokens_per_s": result.tokens_per_s, "train_wall_s": result.wall_s})
+    registry.log_artifacts(run_id, write_run_report(plan.run_dir / "report", plan.before, after, result, decision),
+                           "report")
+    tags = {"base_sha256": plan.base.sha256, "gate": "pass" if decision.passed else "fail",
+            "compared_with": decision.compared_with, "n_facts": str(len(plan.changes)),
+            "triples": ",".join(plan.triples), "run_id": run_id,
+            **{f"gate.{c.name}": f"{c.value:.4f} {c.op} {c.bound:g}: {'pass' if c.passed else 'FAIL'}"
+               for c in decision.checks}}
+    version = registry.log_adapter(run_id, result.adapter_dir, plan.base.path, tags)
+    promoted = decision.passed and registry.move_champion(version, plan.current, "gate passed")
+    if decision.passed and not promoted:
+        log("the champion changed while this run was gated; not promoted (run `injector promote` to re-gate)")
+    ledger = Ledger(home.ledger)
     try:
-        replay = tuple(p for p in pairs if p.origin == "replay")
-        ewc_spec = EwcSpec(cfg.train.ewc_lambda, replay, home.cache / f"fisher-{model_key(base.sha256, current)}-"
-                           f"{fingerprint(list(replay), base.sha256, cfg.train, None)['data']}.safetensors") \
-            if cfg.train.ewc_lambda > 0 else None  # first run: anchored at the zero-init adapter (the base)
-        result = train_lora(pairs, base.path, run_dir, cfg.train, init_adapter, sink=registry.log_metrics,
-                            quantization=cfg.model.quantization, ewc_spec=ewc_spec, base_sha=base.sha256,
-                            resume=resume)
-        candidate = load_with_adapter(base, result.adapter_dir, cfg.model.quantization)
-        after = evaluate(candidate, tokenizer, probes, **ev)
-        extra = _measure(candidate, tokenizer, cfg, home, statements)
-        if cfg.eval.kl:
-            loc = [r for r in before.results if r.probe.kind == "locality"]
-            reference = load_with_adapter(base, init_adapter, cfg.model.quantization)
-            extra["kl_drift"] = kl_drift(reference, candidate, tokenizer, [r.probe.question for r in loc],
-                                         [r.answer for r in loc], cfg.eval.batch_size)
-            del reference
-        after = replace(after, extra=extra)
-        del candidate
-        metrics = metrics_of(after)
-        decision = decide(metrics, thresholds, reference=metrics_of(before),
-                          compared_with=f"v{current}" if current else "base")
-        registry.log_metrics({**{f"eval_{k}": v for k, v in metrics.items()},
-                              "train_tokens_per_s": result.tokens_per_s, "train_wall_s": result.wall_s})
-        from injector.report import write_run_report
-
-        registry.log_artifacts(write_run_report(run_dir / "report", before, after, result, decision), "report")
-        tags = {"base_model_path": base.path, "base_sha256": base.sha256, "gate": "pass" if decision.passed
-                else "fail", "compared_with": decision.compared_with, "n_facts": str(len(changes)),
-                "triples": ",".join(map(str, triples or [])),
-                **{f"gate.{c.name}": f"{c.value:.4f} {c.op} {c.bound:g}: {'pass' if c.passed else 'FAIL'}"
-                   for c in decision.checks}}
-        version = registry.log_adapter(result.adapter_dir, base.path, tags)
-        promoted = decision.passed and registry.move_champion(version, current, "gate passed")
-        if decision.passed and not promoted:
-            log("the champion changed while this run was gated; not promoted (run `injector promote` to re-gate)")
         ledger.record_accuracy(per_fact_accuracy(after), version)
         if promoted:
-            ledger.mark_learned([c.triple.id for c in changes], version)
-        registry.end_run("FINISHED")
-    except BaseException:
-        registry.end_run("FAILED")
-        raise
+            ledger.mark_learned([c.triple.id for c in plan.changes], version)
     finally:
         ledger.close()
-    return TrainOutcome(ingest=ingest, before=before, after=after, train=result, decision=decision, version=version,
-                        promoted=promoted, previous_champion=current, run_id=run_id, wall_s=time.perf_counter() - t0)
+    return version, promoted
+
+
+def run_train(triples: list[Path] | None, cfg: Config, home: Home, log=print, resume: bool = False) -> TrainOutcome:
+    """Ingest `triples` (if given), then inject every pending fact into the champion (or the base) and gate it."""
+    t0 = time.perf_counter()
+    home.ensure()
+    with single_flight(home.root, "injector train"):
+        ingest = run_ingest(triples, cfg, home, log, locked=True) if triples else None
+        if ingest is not None and ingest.noop:
+            log("the input holds nothing new")
+        plan = plan_candidate(cfg, home, log, triples, resume)
+        if plan is None:
+            return TrainOutcome(ingest=ingest, wall_s=time.perf_counter() - t0)
+        run_id = start_run(plan, cfg)
+        try:
+            result = train_candidate(plan, cfg, home, run_id, resume)
+            after, decision = judge_candidate(plan, result, cfg, home)
+            version, promoted = record_candidate(plan, result, after, decision, home, run_id, log)
+            registry.end_run(run_id, "FINISHED")
+        except BaseException:
+            registry.end_run(run_id, "FAILED")
+            raise
+    return TrainOutcome(ingest=ingest, before=plan.before, after=after, train=result, decision=decision,
+                        version=version, promoted=promoted, previous_champion=plan.current, run_id=run_id,
+                        wall_s=time.perf_counter() - t0)
 
 
 def _measure(model, tokenizer, cfg: Config, home: Home, statements: list[str], key: str | None = None) -> dict:

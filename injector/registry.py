@@ -55,41 +55,48 @@ def _alias(alias: str) -> str | None:
 
 
 def start_run(params: dict, run_name: str | None = None) -> str:
+    """A new run in the experiment (by id, so that stages in other threads or tasks can log to it)."""
     import mlflow
+    from mlflow.entities import Param
 
-    run = mlflow.start_run(run_name=run_name)
-    mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+    exp = mlflow.get_experiment_by_name(EXPERIMENT)
+    if exp is None:
+        raise InjectorError("MLflow experiment missing: call registry.connect first")
+    client = _client()
+    run = client.create_run(exp.experiment_id, run_name=run_name)
+    items = [Param(k, str(v)[:500]) for k, v in params.items()]
+    for i in range(0, len(items), 100):
+        client.log_batch(run.info.run_id, params=items[i: i + 100])
     return run.info.run_id
 
 
-def end_run(status: str = "FINISHED") -> None:
-    import mlflow
-
-    mlflow.end_run(status=status)
+def end_run(run_id: str, status: str = "FINISHED") -> None:
+    _client().set_terminated(run_id, status)
 
 
-def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+def log_metrics(run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
     import math
+    import time
 
-    import mlflow
+    from mlflow.entities import Metric
 
-    clean = {k.replace("/", "_"): float(v) for k, v in metrics.items() if isinstance(v, int | float)
-             and math.isfinite(float(v))}
+    now = int(time.time() * 1000)
+    clean = [Metric(k.replace("/", "_"), float(v), now, step or 0) for k, v in metrics.items()
+             if isinstance(v, int | float) and math.isfinite(float(v))]
     if clean:
-        mlflow.log_metrics(clean, step=step)
+        _client().log_batch(run_id, metrics=clean)
 
 
-def log_artifacts(paths: list[Path], artifact_path: str | None = None) -> None:
-    import mlflow
-
+def log_artifacts(run_id: str, paths: list[Path], artifact_path: str | None = None) -> None:
+    client = _client()
     for p in paths:
         if p.is_dir():
-            mlflow.log_artifacts(str(p), artifact_path=artifact_path)
+            client.log_artifacts(run_id, str(p), artifact_path=artifact_path)
         elif p.exists():
-            mlflow.log_artifact(str(p), artifact_path=artifact_path)
+            client.log_artifact(run_id, str(p), artifact_path=artifact_path)
 
 
-def log_adapter(adapter_dir: str, base_model_path: str, tags: dict[str, str]) -> str:
+def log_adapter(run_id: str, adapter_dir: str, base_model_path: str, tags: dict[str, str]) -> str:
     """Log the adapter as a pyfunc model (code + adapter, base by path) and register a new version."""
     import mlflow
     from mlflow.models import ModelSignature
@@ -97,7 +104,18 @@ def log_adapter(adapter_dir: str, base_model_path: str, tags: dict[str, str]) ->
 
     # unnamed string input: a JSON list of questions (or a one-column DataFrame) -> one answer each
     signature = ModelSignature(inputs=Schema([ColSpec("string")]), outputs=Schema([ColSpec("string")]))
-    info = mlflow.pyfunc.log_model(
+    with mlflow.start_run(run_id=run_id):
+        info = _log_pyfunc(mlflow, adapter_dir, base_model_path, signature)
+    version = str(info.registered_model_version)
+    client = _client()
+    for k, v in {"base_model_path": base_model_path, **tags}.items():
+        client.set_model_version_tag(MODEL_NAME, version, k, str(v))
+    client.set_registered_model_alias(MODEL_NAME, CHALLENGER, version)
+    return version
+
+
+def _log_pyfunc(mlflow, adapter_dir: str, base_model_path: str, signature):
+    return mlflow.pyfunc.log_model(
         name="model",
         python_model=str(Path(__file__).with_name("serving_model.py")),
         artifacts={"adapter": adapter_dir},
@@ -106,12 +124,6 @@ def log_adapter(adapter_dir: str, base_model_path: str, tags: dict[str, str]) ->
         pip_requirements=PIP_REQUIREMENTS,  # else mlflow demands torchvision (no CPU build here)
         registered_model_name=MODEL_NAME,
     )
-    version = str(info.registered_model_version)
-    client = _client()
-    for k, v in {"base_model_path": base_model_path, **tags}.items():
-        client.set_model_version_tag(MODEL_NAME, version, k, str(v))
-    client.set_registered_model_alias(MODEL_NAME, CHALLENGER, version)
-    return version
 
 
 def set_version_tags(version: str, tags: dict[str, str]) -> None:

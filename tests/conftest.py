@@ -119,3 +119,13 @@ def tiny_config(model_dir: Path, *extra: str):
                               "train.batch_size=8", "train.grad_accum=1", "train.max_length=96",
                               "train.warmup_ratio=0.0", "train.lr_scheduler=constant", "train.patience=0",
                               "eval.max_new_tokens=16", "eval.latency_samples=2", "eval.ppl_max_tokens=2000", *extra])
+
+
+def eval_dir(tmp_path: Path, gate_yaml: str) -> Path:
+    """A copy of the shipped eval/ suite with other gate thresholds."""
+    import shutil
+
+    d = tmp_path / "eval"
+    shutil.copytree(ROOT / "eval", d)
+    (d / "gate.yaml").write_text(gate_yaml)
+    return d

@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from conftest import tiny_config
+from conftest import eval_dir, tiny_config
 
 from injector import registry
 from injector.ledger import Ledger
@@ -12,12 +12,10 @@ from injector.pipeline import run_train
 
 @pytest.fixture()
 def lenient_eval(tmp_path):
-    """Eval suite with the shipped thresholds but no latency bound (CI machines vary)."""
-    d = tmp_path / "eval"
-    d.mkdir()
-    (d / "gate.yaml").write_text("absolute:\n  min_efficacy: 0.75\n  min_generalisation: 0.0\n"
-                                 "  max_latency_ms_p95: 100000\n")
-    return d
+    """The shipped eval suite with lenient thresholds: a random tiny model has no general knowledge to keep."""
+    return eval_dir(tmp_path, "absolute:\n  min_efficacy: 0.75\n  min_generalisation: 0.0\n"
+                              "  max_latency_ms_p95: 100000\nrelative:\n  max_general_ppl_increase: null\n"
+                              "  min_locality_ratio: 0.0\n")
 
 
 def test_train_registers_champion_and_is_idempotent(home, tiny_model_dir, tiny_facts_file, lenient_eval):
@@ -39,9 +37,7 @@ def test_train_registers_champion_and_is_idempotent(home, tiny_model_dir, tiny_f
 
 
 def test_failing_gate_leaves_champion_and_keeps_facts_pending(home, tiny_model_dir, tiny_facts_file, tmp_path):
-    d = tmp_path / "strict"
-    d.mkdir()
-    (d / "gate.yaml").write_text("absolute:\n  min_efficacy: 1.0\n  max_latency_ms_p95: 0.001\n")
+    d = eval_dir(tmp_path / "strict", "absolute:\n  min_efficacy: 1.0\n  max_latency_ms_p95: 0.001\n")
     cfg = tiny_config(tiny_model_dir, f"eval.dir={d}", "train.epochs=1")
     out = run_train([tiny_facts_file], cfg, home, log=lambda *a: None)
     assert out.version == "1" and not out.decision.passed and not out.promoted

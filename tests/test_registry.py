@@ -42,9 +42,9 @@ def test_logged_adapter_round_trips_exactly(home, tiny_model_dir, adapter_dir):
     import mlflow
 
     registry.connect(home)
-    registry.start_run({"test": 1})
-    version = registry.log_adapter(str(adapter_dir), str(tiny_model_dir), {"gate": "pass"})
-    registry.end_run()
+    run_id = registry.start_run({"test": 1})
+    version = registry.log_adapter(run_id, str(adapter_dir), str(tiny_model_dir), {"gate": "pass"})
+    registry.end_run(run_id)
     assert version == "1" and registry.resolve_version("challenger") == "1"
 
     ref = BaseModelRef("tiny", str(tiny_model_dir), "")
@@ -68,9 +68,9 @@ def _register(home, adapter_dir, tiny_model_dir, n):
     registry.connect(home)
     out = []
     for _ in range(n):
-        registry.start_run({})
-        out.append(registry.log_adapter(str(adapter_dir), str(tiny_model_dir), {"gate": "pass"}))
-        registry.end_run()
+        run_id = registry.start_run({})
+        out.append(registry.log_adapter(run_id, str(adapter_dir), str(tiny_model_dir), {"gate": "pass"}))
+        registry.end_run(run_id)
     return out
 
 
