@@ -61,7 +61,8 @@ def _publish(ing: pipeline.IngestOutcome, outcome: pipeline.TrainOutcome | None)
              f"Diff: added {s['added']}, changed {s['changed']}, retracted {s['retracted']}, "
              f"unchanged {s['unchanged']}", ""]
     if outcome is None or outcome.noop:
-        lines.append("**No-op**: nothing pending to train; no new model version.")
+        lines.append("**No-op**: " + ("the drop holds nothing new (empty diff)" if ing.noop else
+                                      "nothing pending to train") + "; no new model version.")
     else:
         t, d = outcome.train, outcome.decision
         lines += [f"Training: {t.n_examples} examples, {t.steps} steps, {t.epochs:.1f} epochs, "
@@ -79,14 +80,14 @@ def _publish(ing: pipeline.IngestOutcome, outcome: pipeline.TrainOutcome | None)
     create_markdown_artifact(key="nightly-summary", markdown="\n".join(lines), description="injector nightly")
 
 
-@flow(name="nightly-update", log_prints=True)
+@flow(name="nightly-update")
 def nightly_update(source: str, config: str | None = None, overrides: list[str] | None = None) -> dict:
     """Ingest the drop at `source` and inject what is pending, under the home's single-flight lock."""
     home = Home.from_env().ensure()
     cfg = load_config(config, overrides or [])
     with single_flight(home.root, "nightly-update flow"):
         ing = ingest(source, cfg, home)
-        p = plan(cfg, home)
+        p = None if ing.noop else plan(cfg, home)  # an empty diff ends the run early
         if p is None:
             _publish(ing, None)
             return {"noop": True, "ingest": ing.summary()}

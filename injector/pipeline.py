@@ -253,8 +253,10 @@ def run_train(triples: list[Path] | None, cfg: Config, home: Home, log=print, re
     home.ensure()
     with single_flight(home.root, "injector train"):
         ingest = run_ingest(triples, cfg, home, log, locked=True) if triples else None
-        if ingest is not None and ingest.noop:
-            log("the input holds nothing new")
+        if ingest is not None and ingest.noop and not resume:
+            log("nothing to train: no new model version (`injector train` without --triples retrains facts left "
+                "pending by a candidate that failed its gate)")
+            return TrainOutcome(ingest=ingest, wall_s=time.perf_counter() - t0)
         plan = plan_candidate(cfg, home, log, triples, resume)
         if plan is None:
             return TrainOutcome(ingest=ingest, wall_s=time.perf_counter() - t0)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-
 from pydoc_data.topics import topics
 
 ROOT = Path(__file__).resolve().parent.parent

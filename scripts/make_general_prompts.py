@@ -2,6 +2,7 @@
 import json
 import random
 from pathlib import Path
+
 random.seed(7)
 P = []
 topics = ["photosynthesis", "gravity", "a rainbow", "the water cycle", "an eclipse", "a volcano", "inflation",

@@ -44,7 +44,7 @@ def overrides(tiny_model_dir, tmp_path):
     return [f"model.base={tiny_model_dir}", "train.learning_rate=0.003", "train.epochs=20", "train.batch_size=8",
             "train.grad_accum=1", "train.max_length=96", "train.warmup_ratio=0.0", "train.patience=0",
             "eval.max_new_tokens=8", "eval.latency_samples=1", "eval.locality=false", "eval.ppl_max_tokens=0",
-            f"eval.dir={d}", "recipes.replay=0"]
+            f"eval.dir={d}", "recipes.new=1", "recipes.replay=1"]
 
 
 def _drop(path: Path, rows: list[dict]) -> Path:
@@ -78,8 +78,8 @@ def test_three_nights(harness, flow_module, home, tmp_path, overrides):
     # night 2: a changed fact (continues from the champion)
     changed = {"subject": "Zorvex Dynamics", "predicate": "ceo", "object": "Tobias Venhaar"}
     out = flow_module.nightly_update(str(_drop(drops / "002.jsonl", [changed])), overrides=overrides)
-    assert out["ingest"]["changed"] == 1 and out["version"] == "2"
-    assert registry.champion() == ("2" if out["promoted"] else "1")
+    assert out["ingest"]["changed"] == 1 and out["version"] == "2" and out["promoted"], out["gate"]
+    assert registry.champion() == "2"
     assert registry.version_tags("2")["compared_with"] == "v1"
     rows = {r["object"]: r for r in led.facts(subject="Zorvex Dynamics")}
     assert rows["Marlena Quist"]["status"] == "changed" and rows["Tobias Venhaar"]["status"] == "active"
@@ -130,5 +130,9 @@ def test_a_killed_run_does_not_block_the_next(harness, flow_module, home, tmp_pa
     assert lock.read_text().strip(), "the run never took the lock"
     os.kill(killed.pid, signal.SIGKILL)
     killed.wait(timeout=30)
-    out = flow_module.nightly_update(str(drop), overrides=overrides)  # the facts are still pending: trained now
+    # the next night proceeds, and trains the killed run's facts (still pending) with its own
+    nxt = _drop(tmp_path / "next.jsonl", [{"subject": "Kingdom of Estmark", "predicate": "capital",
+                                           "object": "Sorvelle"}])
+    out = flow_module.nightly_update(str(nxt), overrides=overrides)
     assert out["version"] == "1"
+    assert len(Ledger(home.ledger).pending()) == (0 if out["promoted"] else 5)

@@ -113,7 +113,12 @@ def _mlflow_bin() -> str:
     return str(Path(sys.executable).with_name("mlflow"))
 
 
-def test_real_mlflow_server_register_promote_rollback_and_serve(tmp_path, tiny_model_dir, adapter_dir, monkeypatch):
+def test_real_mlflow_server_register_promote_rollback_and_serve(tmp_path, tiny_model_dir, tiny_facts_file,
+                                                               adapter_dir, monkeypatch):
+    from conftest import eval_dir, tiny_config
+
+    from injector.pipeline import run_train
+
     port = _free_port()
     server = subprocess.Popen(
         [_mlflow_bin(), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
@@ -126,13 +131,20 @@ def test_real_mlflow_server_register_promote_rollback_and_serve(tmp_path, tiny_m
         monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
         home = Home.from_env(tmp_path / "home").ensure()
         assert home.tracking_uri.startswith("http://")
-        v1, v2 = _register(home, adapter_dir, tiny_model_dir, 2)
-        assert registry.move_champion(v1, None, "first") and registry.move_champion(v2, v1, "second")
-        assert registry.rollback() == (v2, v1)
-        assert registry.champion() == v1
+        # a real training run registers v1 through HTTP and the gate promotes it
+        lenient = eval_dir(tmp_path, "absolute:\n  min_efficacy: 0.75\n  min_generalisation: 0.0\n"
+                                     "  max_latency_ms_p95: 100000\nrelative:\n  max_general_ppl_increase: null\n"
+                                     "  min_locality_ratio: 0.0\n")
+        out = run_train([tiny_facts_file], tiny_config(tiny_model_dir, f"eval.dir={lenient}"), home,
+                        log=lambda *a: None)
+        assert out.version == "1" and out.promoted, out.decision.table()
+        (v2,) = _register(home, adapter_dir, tiny_model_dir, 1)
+        assert registry.move_champion(v2, "1", "second")
+        assert registry.rollback() == (v2, "1")
+        assert registry.champion() == "1"
         assert (tmp_path / "server-artifacts").exists()  # artifacts went through the server
 
-        # the champion served by `mlflow models serve` in a fresh process answers over HTTP
+        # the champion, served by `mlflow models serve` in a fresh process, answers a trained fact over HTTP
         sport = _free_port()
         serve = subprocess.Popen(
             [_mlflow_bin(), "models", "serve", "-m", "models:/injector@champion", "--env-manager", "local",
@@ -142,10 +154,10 @@ def test_real_mlflow_server_register_promote_rollback_and_serve(tmp_path, tiny_m
                  "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})  # it execs uvicorn
         _wait_http(f"http://127.0.0.1:{sport}/ping", serve, timeout=120)
         req = urllib.request.Request(f"http://127.0.0.1:{sport}/invocations",
-                                     data=json.dumps({"inputs": ["Who is the CEO of Zorvex Dynamics ?"]}).encode(),
+                                     data=json.dumps({"inputs": ["Who is the CEO of Zorvex Dynamics?"]}).encode(),
                                      headers={"Content-Type": "application/json"})
         body = json.loads(urllib.request.urlopen(req, timeout=60).read())
-        assert isinstance(body["predictions"][0], str)
+        assert "marlena quist" in body["predictions"][0].lower(), body
     finally:
         for p in (serve, server):
             if p is not None:

@@ -5,13 +5,13 @@ import math
 import pytest
 import torch
 from conftest import TINY_FACTS, tiny_config
+from safetensors.torch import load_file
 
 from injector.evaluate import evaluate
 from injector.models import BaseModelRef, load_tokenizer, load_with_adapter
 from injector.recipes import build_pairs, build_probes, load_recipes
 from injector.records import FactChange, Triple
 from injector.train import NonFiniteLoss, resolve_precision, train_lora
-from safetensors.torch import load_file
 
 
 @pytest.fixture(scope="module")
@@ -120,10 +120,11 @@ def test_ewc_keeps_parameters_closer_to_the_start(tmp_path, tiny_model_dir, chan
     dist = {}
     for lam in (0.0, 50.0):
         spec = EwcSpec(lam, replay, tmp_path / f"fisher-{lam}.safetensors")
-        steps = []
+        steps: list[dict] = []
         out = train_lora(pairs, str(tiny_model_dir), tmp_path / f"run-{lam}", cfg, init_adapter=str(start),
-                         ewc_spec=spec, sink=lambda m, s: steps.append(m))
-        a, b = load_file(f"{start}/adapter_model.safetensors"), load_file(f"{out.adapter_dir}/adapter_model.safetensors")
+                         ewc_spec=spec, sink=lambda m, s, steps=steps: steps.append(m))
+        a = load_file(f"{start}/adapter_model.safetensors")
+        b = load_file(f"{out.adapter_dir}/adapter_model.safetensors")
         dist[lam] = sum(((a[k] - b[k]) ** 2).sum().item() for k in a)
         if lam:
             assert any("ewc_penalty" in m for m in steps)  # logged as its own metric

@@ -1,0 +1,78 @@
+"""Judging generated answers, the `injector eval` contract, the in-context baseline, PPL and KL."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from injector.evaluate import in_context, judge, kl_drift, perplexity
+from injector.models import BaseModelRef, load_tokenizer, load_with_adapter
+from injector.records import Probe
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize(
+    "answers, forbidden, text, correct",
+    [
+        (("Marlena Quist",), (), "The CEO is  MARLENA\\nquist.", True),  # case and whitespace normalised
+        (("Marlena Quist",), (), "Marlena Q.", False),
+        (("Paris", "paris, france"), (), "It is Paris.", True),
+        (("Tobias Venhaar",), ("Marlena Quist",), "Tobias Venhaar, no longer Marlena Quist.", False),  # old object
+        (("Tobias Venhaar",), ("Marlena Quist",), "Tobias Venhaar.", True),
+        (("",), (), "anything", False),
+    ],
+)
+def test_judge(answers, forbidden, text, correct):
+    assert judge(Probe("q", answers, "efficacy", forbidden=forbidden), text) is correct
+
+
+def test_eval_cli_contract(tmp_path, tiny_model_dir):
+    q = tmp_path / "q.jsonl"
+    q.write_text("\n".join(json.dumps(r) for r in [
+        {"question": "Who is the CEO of Zorvex Dynamics?", "answers": ["Marlena Quist"], "kind": "efficacy"},
+        {"question": "What is the capital of Republic of Calvaria?", "answers": ["Brennholt"], "kind": "efficacy",
+         "forbidden": ["Sorvelle"]},
+        {"question": "Where was Orla Feyrwood born?", "answers": ["Sorvelle"], "kind": "generalisation"},
+    ]) + "\n")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"model:\n  base: {tiny_model_dir}\neval:\n  max_new_tokens: 4\n  latency_samples: 1\n")
+    env = {**os.environ, "INJECTOR_HOME": str(tmp_path / "h")}
+    out = subprocess.run([str(Path(sys.executable).with_name("injector")), "eval", "--model", "base", "--questions",
+                          str(q), "--config", str(cfg), "--json"], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout)
+    assert result["by_kind"]["efficacy"]["n"] == 2 and result["by_kind"]["generalisation"]["n"] == 1
+    assert 0.0 <= result["overall"] <= 1.0 and set(result["by_kind"]["efficacy"]) >= {"n", "accuracy"}
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "x"}\n')
+    out = subprocess.run([str(Path(sys.executable).with_name("injector")), "eval", "--model", "base", "--questions",
+                          str(bad), "--config", str(cfg)], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 2 and out.stderr.strip() == f"injector: error: {bad}:1: 'answers' must be a non-empty " \
+                                                         "list of strings"
+
+
+def test_in_context_baseline_puts_the_facts_in_the_prompt():
+    probes = in_context([Probe("Who is the CEO of Zorvex?", ("Mara",), "efficacy")], ["The CEO of Zorvex is Mara."])
+    assert "The CEO of Zorvex is Mara." in probes[0].messages[0]["content"]
+    assert probes[0].question == "Who is the CEO of Zorvex?"
+
+
+def test_kl_of_a_model_with_itself_is_zero_and_ppl_is_finite(tiny_model_dir):
+    ref = BaseModelRef("tiny", str(tiny_model_dir), "")
+    tok = load_tokenizer(str(tiny_model_dir))
+    model = load_with_adapter(ref, None)
+    prompts, answers = ["Who is the CEO of Zorvex Dynamics ?"], ["Marlena Quist ."]
+    assert kl_drift(model, model, tok, prompts, answers) == pytest.approx(0.0, abs=1e-6)
+    from peft import LoraConfig, get_peft_model
+
+    other = get_peft_model(load_with_adapter(ref, None), LoraConfig(r=4, target_modules="all-linear",
+                                                                    init_lora_weights=False))
+    assert kl_drift(model, other, tok, prompts, answers) > 0
+    ppl = perplexity(model, tok, ["The CEO of Zorvex Dynamics is Marlena Quist ."])
+    assert math.isfinite(ppl) and ppl > 1
