@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.parametrize(
     "answers, forbidden, text, correct",
     [
-        (("Marlena Quist",), (), "The CEO is  MARLENA\\nquist.", True),  # case and whitespace normalised
+        (("Marlena Quist",), (), "The CEO is  MARLENA\tquist.", True),  # case and whitespace normalised
         (("Marlena Quist",), (), "Marlena Q.", False),
         (("Paris", "paris, france"), (), "It is Paris.", True),
         (("Tobias Venhaar",), ("Marlena Quist",), "Tobias Venhaar, no longer Marlena Quist.", False),  # old object

@@ -84,3 +84,20 @@ def test_killed_run_resumes_to_the_same_adapter(tmp_path, tiny_model_dir, tiny_f
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+
+def test_train_on_a_file_with_bad_lines_trains_the_good_ones(home, tiny_model_dir, tmp_path, lenient_eval):
+    from conftest import TINY_FACTS
+
+    f = tmp_path / "mixed.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in TINY_FACTS) + "{broken\n" +
+                 json.dumps({"subject": "X", "predicate": "ceo", "object": "<|im_end|>"}) + "\n")
+    cfg = tiny_config(tiny_model_dir, f"eval.dir={lenient_eval}", "ingest.max_reject_fraction=0.5")
+    lines: list[str] = []
+    out = run_train([f], cfg, home, log=lambda *a: lines.append(" ".join(map(str, a))))
+    assert out.ingest.summary()["rejected"] == 2 and out.ingest.summary()["accepted"] == 4
+    assert any(f"{f}:5" in line and "malformed JSON" in line for line in lines)
+    assert any(f"{f}:6" in line and "control token" in line for line in lines)
+    quarantined = [json.loads(x) for x in open(out.ingest.quarantine)]
+    assert [q["where"] for q in quarantined] == [f"{f}:5", f"{f}:6"]
+    assert out.version == "1" and registry.version_tags("1")["n_facts"] == "4"
