@@ -326,6 +326,56 @@ def nightly(
     print(json.dumps(result, indent=2, default=str))
 
 
+@app.command()
+def bench(
+    benchmarks: str = typer.Option("zsre,mquake", "--benchmarks", "-b", help="Comma-separated: zsre, mquake."),
+    n: int = typer.Option(100, "--n", help="Facts (zsRE records / MQuAKE cases) in the seeded slice."),
+    data: Path = typer.Option(Path("../shared/benchmarks"), "--data", help="Folder holding the benchmark JSON "
+                                                                           "files (read-only; see its MANIFEST)."),
+    config: Path | None = typer.Option(Path("examples/demo.yaml"), "--config", "-c", help="Pipeline config of "
+                                                                                          "every row."),
+    variants: str = typer.Option(",".join(["injector", "naive LoRA", "no replay", "no EWC"]), "--variants",
+                                 help="Comma-separated trained rows: injector, naive LoRA, no replay, no EWC, "
+                                      "no distillation."),
+    nights: int = typer.Option(5, "--nights", help="Continual run: the slice in this many nightly batches "
+                                                   "(0 skips it)."),
+    seed: int = typer.Option(0, "--seed"),
+    work: Path | None = typer.Option(None, "--work", help="Where the rows' INJECTOR_HOMEs go (default: "
+                                                          "INJECTOR_HOME/bench; replaced on every run)."),
+    out: Path | None = typer.Option(Path("docs/BENCHMARKS.md"), "--out", help="Markdown file whose generated "
+                                                                              "section is replaced (--out '' skips)."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the raw results here."),
+    overrides: list[str] | None = OVERRIDES,
+) -> None:
+    """Injection quality and speed on third-party benchmarks (zsRE, MQuAKE-CF) against baselines: one table each."""
+    from injector import bench as B
+
+    names = [b.strip() for b in benchmarks.split(",") if b.strip()]
+    rows = [v.strip() for v in variants.split(",") if v.strip()]
+    for b in names:
+        if b not in B.BENCHMARKS:
+            raise InjectorError(f"--benchmarks: unknown benchmark {b!r} (known: {', '.join(B.BENCHMARKS)})")
+    for v in rows:
+        if v not in B.VARIANTS:
+            raise InjectorError(f"--variants: unknown row {v!r} (known: {', '.join(B.VARIANTS)})")
+    _config(config, overrides)  # a bad config fails before any work
+    home = _home().ensure()
+    work = work or home.root / "bench"
+    results = {}
+    for b in names:
+        sl = B.load_slice(b, data, n, seed)
+        results[b] = B.run_benchmark(sl, config, list(overrides or []), work, rows, nights, home.models,
+                                     log=lambda *a: print(*a, file=sys.stderr))
+        table = B.tables({b: results[b]})
+        print(table, flush=True)
+        if out and str(out):  # each benchmark's block as soon as it is done
+            cmd = "injector bench " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "injector bench"
+            B.write_doc(out, b, B.header(cmd, n, seed) + "\n" + table)
+            print(f"wrote the {b} block of {out}", file=sys.stderr)
+        if json_out:
+            json_out.write_text(json.dumps(results, indent=2, default=str))
+
+
 def main() -> None:
     try:
         app()

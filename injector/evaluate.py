@@ -71,17 +71,21 @@ def generate(model, tokenizer, chats: Sequence[list[dict]], max_new_tokens: int 
     return answers
 
 
-def measure_latency(model, tokenizer, probes: Sequence[Probe], max_new_tokens: int, n: int) -> tuple[float, float]:
-    """p50/p95 milliseconds to answer one probe alone (batch 1), after one warm-up."""
+def measure_latency(model, tokenizer, probes: Sequence[Probe], max_new_tokens: int, n: int,
+                    repeats: int = 3) -> tuple[float, float]:
+    """p50/p95 over probes of the milliseconds to answer one probe alone (batch 1), after one warm-up."""
     sample = list(probes)[: max(n, 1)]
     if not sample:
         return float("nan"), float("nan")
     generate(model, tokenizer, [_chat(sample[0])], max_new_tokens, 1)
     times = []
-    for p in sample:
-        t0 = time.perf_counter()
-        generate(model, tokenizer, [_chat(p)], max_new_tokens, 1)
-        times.append((time.perf_counter() - t0) * 1000)
+    for p in sample:  # a probe's time: the median of `repeats` runs (a scheduler hiccup is not the model's)
+        runs = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            generate(model, tokenizer, [_chat(p)], max_new_tokens, 1)
+            runs.append((time.perf_counter() - t0) * 1000)
+        times.append(statistics.median(runs))
     times.sort()
     p95 = times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
     return statistics.median(times), p95

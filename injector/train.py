@@ -86,6 +86,9 @@ def _trainer_class():
         ewc_anchor: dict | None = None
         ewc_fisher: dict | None = None
         last_ewc: float = 0.0
+        distill = None  # distill.Cycler of teacher batches
+        distill_weight: float = 0.0
+        last_kd: float = 0.0
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             inner = self.accelerator.unwrap_model(model).get_base_model()
@@ -105,6 +108,13 @@ def _trainer_class():
                 self.last_ewc = float(pen.detach())
                 steps = self.current_gradient_accumulation_steps if num_items_in_batch is not None else 1
                 loss = loss + self.ewc_lambda * pen / steps  # once per optimizer step in total
+            if self.distill is not None and self.distill_weight > 0 and model.training:
+                from injector.distill import kd_loss
+
+                kd = kd_loss(self.accelerator.unwrap_model(model), self.distill.next())
+                self.last_kd = float(kd.detach())
+                steps = self.current_gradient_accumulation_steps if num_items_in_batch is not None else 1
+                loss = loss + self.distill_weight * kd / steps
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
                 loss = loss * self.accelerator.num_processes  # DDP averages gradients across ranks
             return (loss, None) if return_outputs else loss
@@ -112,6 +122,8 @@ def _trainer_class():
         def log(self, logs, *args, **kwargs):
             if self.ewc_lambda > 0 and "loss" in logs:
                 logs["ewc_penalty"] = self.last_ewc
+            if self.distill is not None and "loss" in logs:
+                logs["kd"] = self.last_kd
             super().log(logs, *args, **kwargs)
 
     return InjectorTrainer
@@ -222,20 +234,33 @@ def _sft_config(SFTConfig, cfg: TrainConfig, ckpt_dir: Path, precision: str, has
     )
 
 
+def _batches(trainer, pairs: list[InstructionPair], size: int, name: str) -> list[dict]:
+    """Pairs tokenised and padded the way training sees them, in batches of `size`."""
+    from datasets import Dataset
+
+    ds = trainer._prepare_dataset(Dataset.from_list(to_records(pairs)), trainer.processing_class, trainer.args,
+                                  False, None, name)
+    rows = [{"input_ids": ds[i]["input_ids"], "labels": ds[i]["labels"]} if "labels" in ds.column_names
+            else {k: ds[i][k] for k in ("input_ids", "completion_mask") if k in ds.column_names}
+            for i in range(len(ds))]
+    return [trainer.data_collator(rows[i: i + size]) for i in range(0, len(rows), size)]
+
+
+def _teacher(trainer, cfg: TrainConfig, replay: list[InstructionPair]):
+    """Top-k distribution of the starting model on every replay sequence (before any step)."""
+    from injector.distill import Cycler, teacher_batches
+
+    batches = _batches(trainer, replay, cfg.distill_batch_size, "distill")
+    return Cycler(teacher_batches(trainer.model, batches, cfg.distill_top_k), seed=cfg.seed)
+
+
 def _fisher(trainer, spec: EwcSpec, names: list[str]):
     """Diagonal Fisher on the replay pairs, at the starting adapter; cached by model and data."""
     from injector import ewc
 
     if spec.cache.exists():
         return ewc.load(spec.cache)
-    from datasets import Dataset
-
-    replay = list(spec.replay[: spec.max_examples])
-    ds = trainer._prepare_dataset(Dataset.from_list(to_records(replay)), trainer.processing_class, trainer.args,
-                                  False, None, "fisher")
-    collate = trainer.data_collator
-    rows = [{"input_ids": ds[i]["input_ids"], "labels": ds[i]["labels"]} for i in range(len(ds))]
-    batches = [collate(rows[i: i + 8]) for i in range(0, len(rows), 8)]
+    batches = _batches(trainer, list(spec.replay[: spec.max_examples]), 8, "fisher")
     fisher = ewc.fisher_diagonal(trainer.model, batches, names)
     ewc.save(spec.cache, fisher)
     return fisher
@@ -307,6 +332,9 @@ def train_lora(
         trainer.ewc_fisher = _fisher(trainer, ewc_spec, names)
         trainer.ewc_anchor = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if n in names}
         trainer.ewc_lambda = ewc_spec.lam
+    replay = [p for p in train_pairs if p.origin == "replay"]
+    if cfg.distill_weight > 0 and replay:
+        trainer.distill, trainer.distill_weight = _teacher(trainer, cfg, replay), cfg.distill_weight
 
     start = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)

@@ -159,3 +159,38 @@ def test_nf4_trains_on_gpu(tmp_path, changes, recipes):
     cfg = tiny_config(wide, "train.epochs=2", "train.precision=bf16").train
     out = train_lora(build_pairs(changes, recipes), str(wide), tmp_path / "run", cfg, quantization="nf4")
     assert out.steps > 0 and math.isfinite(out.train_loss)
+
+
+def test_distillation_keeps_the_starting_distribution_on_replay(tmp_path, tiny_model_dir, changes, recipes):
+    """Logit distillation on replay text: the trained model stays closer to the start there, and logs `kd`."""
+    from dataclasses import replace
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from injector.distill import kd_loss, teacher_batches
+
+    start = tmp_path / "start"
+    _peft(tiny_model_dir).save_pretrained(start)
+    replay = [replace(p, origin="replay") for p in build_pairs(changes[2:], recipes) if p.kind == "forward"]
+    pairs = build_pairs(changes[:2], recipes) + replay
+    tok = load_tokenizer(str(tiny_model_dir))
+    texts = [tok.apply_chat_template(list(p.messages), tokenize=False) for p in replay]
+    enc = tok(texts, return_tensors="pt", padding=True)
+
+    def drift(adapter_dir):
+        ref = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(start))
+        cand = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), adapter_dir)
+        batch = teacher_batches(ref, [dict(enc)], k=64)[0]
+        with torch.no_grad():
+            return kd_loss(cand.eval(), batch).item()
+
+    kl = {}
+    for w in (0.0, 20.0):
+        cfg = tiny_config(tiny_model_dir, "train.epochs=6", f"train.distill_weight={w}").train
+        steps: list[dict] = []
+        out = train_lora(pairs, str(tiny_model_dir), tmp_path / f"run-{w}", cfg, init_adapter=str(start),
+                         sink=lambda m, s, steps=steps: steps.append(m))
+        kl[w] = drift(out.adapter_dir)
+        assert any("kd" in m for m in steps) == bool(w)
+    assert kl[20.0] < 0.5 * kl[0.0], kl
