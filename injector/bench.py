@@ -176,12 +176,17 @@ def _ask(base, adapter_dir: str | None, probes: list[Probe], cfg) -> tuple[dict,
     return {k: v["accuracy"] for k, v in rep.by_kind().items()}, list(rep.results)
 
 
+LOCALITY_WORDS = 6  # an unrelated answer counts as kept when it has the base answer's first words
+
+
 def _locality_probes(sl: Slice, base_answers: list) -> list[Probe]:
-    """Authors' unrelated questions, judged as unchanged from the base model (its answer's first line)."""
+    """Authors' unrelated questions, judged as unchanged from the base model: the first LOCALITY_WORDS words of
+    its answer's first line (an NQ answer names its entity first; a whole 24-token line fails on any later
+    rewording, and the in-context row then reads 0 though its answers say the same)."""
     out = []
     for r in base_answers:
         if r.probe.kind == "locality_authors":
-            first = r.answer.strip().split("\n")[0].strip()
+            first = " ".join(r.answer.strip().split("\n")[0].split()[:LOCALITY_WORDS])
             if first:
                 out.append(Probe(r.probe.question, (first,), "locality_authors", fact_id=r.probe.fact_id))
     return out
@@ -228,16 +233,21 @@ def run_benchmark(sl: Slice, cfg_file: Path | None, overrides: list[str], work: 
     probes = [p for p in sl.probes if p.kind != "locality_authors"] + loc
     base_acc, _ = _ask(base, None, probes, cfg0)
     base_wall = time.perf_counter() - t0
+    steps = None  # the first trained row's optimizer steps: the naive row gets as many (not 5 steps to 40)
     for name in variants:
         extra, quota = VARIANTS[name]
         home = _home(work / sl.name, name.replace(" ", "_"), shared)
         rdir = _recipes_dir(cfg0, quota, home.root)
+        if name == "naive LoRA" and steps:
+            per_epoch = -(-len(sl.rows) // (cfg0.train.batch_size * cfg0.train.grad_accum))
+            extra = [*extra, f"train.epochs={max(cfg0.train.epochs, -(-steps // per_epoch))}"]
         cfg = load_config(cfg_file, [*overrides, *extra, *([f"recipes.dir={rdir}"] if rdir else [])])
         log(f"[{sl.name}] {name}: {len(sl.rows)} facts through the pipeline")
         t = time.perf_counter()
         outcome = run_train([_write_triples(sl.rows, home.root / "triples.jsonl")], cfg, home, log=log)
         acc, _ = _ask(base, outcome.train.adapter_dir, probes, cfg)
         rows.append(_row(name, outcome, acc, time.perf_counter() - t))
+        steps = steps or outcome.train.steps
         if fact_probes is None:
             fact_probes = [r.probe for r in outcome.before.results if r.probe.fact_id and
                            r.probe.kind in ("efficacy", "generalisation")]

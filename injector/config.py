@@ -81,7 +81,7 @@ class EvalConfig(_Section):
     dir: Path = Path("eval")
     max_new_tokens: int = Field(32, ge=1)
     batch_size: int = Field(32, ge=1)
-    latency_samples: int = Field(10, ge=1)  # probes timed alone, each the median of 3 runs
+    latency_samples: int = Field(20, ge=1)  # probes timed alone, each the median of 3 runs (20: p95 is not the max)
     locality: bool = True  # general-knowledge probes (eval/locality.<lang>.jsonl) before and after
     retention_samples: int = Field(50, ge=0)  # earlier learned facts re-asked after training
     ppl_max_tokens: int = Field(24000, ge=0)  # of eval/general_corpus.<lang>.txt; 0 skips the PPL check

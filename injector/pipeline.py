@@ -308,12 +308,13 @@ def _run_dir(home: Home, resume: bool) -> Path:
 
 def _replay(pairs, changes, earlier, recipes, cfg: Config, model, tokenizer, home: Home, base_sha: str,
             adapter_version: str | None) -> list:
-    """Replay for a new:replay mix: earlier facts (up to their share), anchors in the batch's relations (up to
-    theirs), self-distilled general instructions for the rest."""
+    """Replay for a new:replay mix: earlier facts (up to their share), anchors in the batch's relations (every
+    relation for question-answer facts; up to their share), self-distilled general instructions for the rest."""
     import random
 
     from injector.replay import (
         anchor_prompts,
+        anchor_relations,
         distilled_pairs,
         load_anchors,
         load_prompts,
@@ -332,8 +333,8 @@ def _replay(pairs, changes, earlier, recipes, cfg: Config, model, tokenizer, hom
     rest = budget - len(old)
     if rest <= 0 or not r.general_replay:
         return old
-    rels = [recipes.relation(c.triple.predicate).name for c in changes if not c.triple.question]
-    anchors = anchor_prompts(rels, load_anchors(cfg.content_path(r.dir) / f"anchors.{r.language}.yaml"), recipes,
+    known = load_anchors(cfg.content_path(r.dir) / f"anchors.{r.language}.yaml")
+    anchors = anchor_prompts(anchor_relations(changes, recipes, known), known, recipes,
                              round(rest * r.anchor_share), rng)
     prompts = load_prompts(cfg.content_path(r.dir) / f"general_prompts.{r.language}.jsonl")
     general = rng.sample(prompts, min(rest - len(anchors), len(prompts)))

@@ -38,7 +38,7 @@ class Recipes:
     aliases: dict[str, str]
     quota: dict[str, int]
     seed: int
-    answer_style: str = "short"  # short: "Marrowgate." | sentence: "Anselm Tarrow was born in Marrowgate."
+    answer_style: str = "short"  # short: "Marrowgate" | sentence: "Anselm Tarrow was born in Marrowgate."
 
     def relation(self, predicate: str) -> Relation:
         key = normalise_predicate(predicate)
@@ -133,8 +133,9 @@ def _qa_questions(t: Triple) -> tuple[list[str], list[str]]:
 
 
 def _short(text: str) -> str:
-    """The short answer form: the entity itself, as a sentence."""
-    return text if text.endswith((".", "!", "?")) else f"{text}."
+    """The short answer form: the entity itself. No closing full stop: on a 2-core CPU every generated token costs
+    ~58 ms (fp32 decode is memory-bound), and a 4-token answer is already ~0.4 s of the 0.5 s latency bar."""
+    return text.strip()
 
 
 def _unique_reverse(changes: list[FactChange]) -> set[tuple[str, str]]:

@@ -113,6 +113,15 @@ def load_anchors(path: Path) -> dict[str, list[str]]:
     return {normalise_predicate(k): [str(s) for s in v] for k, v in tree.items()}
 
 
+def anchor_relations(changes, recipes: Recipes, anchors: dict[str, list[str]]) -> list[str]:
+    """The relations whose anchors guard a batch: its facts' relations; with question-answer facts (no relation)
+    every anchored one, so that short factual answers about real subjects stay in place (zsRE: docs/BENCHMARKS.md)."""
+    rels = [recipes.relation(c.triple.predicate).name for c in changes if not c.triple.question]
+    if any(c.triple.question for c in changes):
+        rels += [r for r in anchors if r not in rels]
+    return rels
+
+
 def anchor_prompts(relations: list[str], anchors: dict[str, list[str]], recipes: Recipes, n: int,
                    rng: random.Random) -> list[tuple[str, str]]:
     """Up to `n` questions about real subjects, in the trained templates of the batch's relations."""

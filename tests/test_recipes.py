@@ -9,7 +9,7 @@ import pytest
 from injector.errors import InjectorError
 from injector.recipes import build_pairs, build_probes, humanise, load_recipes, normalise_predicate
 from injector.records import FactChange, Triple
-from injector.replay import load_prompts, old_fact_pairs, replay_budget, retention_probes, trim_to_sentence
+from injector.replay import anchor_prompts, anchor_relations, load_anchors, load_prompts, old_fact_pairs, replay_budget, retention_probes, trim_to_sentence
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = load_recipes(ROOT / "data_recipes")
@@ -71,7 +71,7 @@ def test_reverse_only_where_the_object_names_one_subject():
     shared = [FactChange(Triple("Alpha Corp", "ceo", "Jo Smith")), FactChange(Triple("Beta Corp", "ceo", "Jo Smith")),
               FactChange(Triple("Gamma Corp", "ceo", "Ann Lee"))]
     rev = [p for p in build_pairs(shared, RECIPES) if p.kind == "reverse"]
-    assert rev and {p.messages[-1]["content"] for p in rev} == {"Gamma Corp."}
+    assert rev and {p.messages[-1]["content"] for p in rev} == {"Gamma Corp"}
     assert all(p.answers == ("Gamma Corp",) for p in build_probes(shared, RECIPES) if p.kind == "reverse")
     # a relation without reverse templates (birthplace: many people per city) gets none
     assert not [p for p in build_pairs([FactChange(Triple("A", "birthplace", "B"))], RECIPES) if p.kind == "reverse"]
@@ -157,6 +157,20 @@ def test_replay_mix_and_old_facts_exclude_retracted(tmp_path):
     assert len(pairs) == 5 and all(p.origin == "replay" and "S0" not in p.messages[0]["content"] for p in pairs)
     assert [p.subject if hasattr(p, "subject") else p.answers for p in retention_probes(earlier, RECIPES, 2, 0)]
     assert replay_budget(300, 3, 1) == 100 and replay_budget(300, 3, 0) == 0
+
+
+def test_anchors_in_the_batch_relations_and_everywhere_for_question_answer_facts():
+    import random
+
+    known = load_anchors(ROOT / "data_recipes" / "anchors.en.yaml")
+    triples = [c for c in facts() if not c.triple.question]
+    assert set(anchor_relations(triples, RECIPES, known)) == {RECIPES.relation(c.triple.predicate).name
+                                                              for c in triples}
+    qa = [c for c in facts() if c.triple.question]
+    rels = anchor_relations(qa, RECIPES, known)
+    assert set(rels) == set(known) and len(rels) == len(set(rels))
+    prompts = anchor_prompts(rels, known, RECIPES, 12, random.Random(0))
+    assert len(prompts) == 12 and len({i.split(":")[1] for i, _ in prompts}) == 12  # round-robin: 12 relations
 
 
 def test_trim_to_sentence():
