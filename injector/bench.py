@@ -329,7 +329,8 @@ def tables(results: dict) -> str:
         out += ["| " + " | ".join(_cell(k, r[k]) for k, _ in COLUMNS) + " |" for r in res["rows"]]
         if res["continual"]:
             out.append(f"\nContinual ({len(res['continual'])} nightly batches, accuracy on batch 1 after each):\n")
-            out.append("| night | facts | batch-1 accuracy | efficacy | authors' paraphrase | gate | promoted | wall s |")
+            out.append("| night | facts | batch-1 accuracy | efficacy | authors' paraphrase | gate | promoted "
+                       "| wall s |")
             out.append("|---|---|---|---|---|---|---|---|")
             out += [f"| {c['night']} | {c['facts']} | {c['batch1_accuracy']:.2f} | {_cell('', c['batch1_efficacy'])} "
                     f"| {_cell('', c['batch1_paraphrase'])} | {c['gate']} | {c['promoted']} | {c['wall_s']:.0f} |"

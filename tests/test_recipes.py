@@ -9,7 +9,16 @@ import pytest
 from injector.errors import InjectorError
 from injector.recipes import build_pairs, build_probes, humanise, load_recipes, normalise_predicate
 from injector.records import FactChange, Triple
-from injector.replay import anchor_prompts, anchor_relations, load_anchors, load_prompts, old_fact_pairs, replay_budget, retention_probes, trim_to_sentence
+from injector.replay import (
+    anchor_prompts,
+    anchor_relations,
+    load_anchors,
+    load_prompts,
+    old_fact_pairs,
+    replay_budget,
+    retention_probes,
+    trim_to_sentence,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = load_recipes(ROOT / "data_recipes")
