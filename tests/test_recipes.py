@@ -185,3 +185,17 @@ def test_anchors_in_the_batch_relations_and_everywhere_for_question_answer_facts
 def test_trim_to_sentence():
     assert trim_to_sentence("Paris is the capital. It has the Eiffel") == "Paris is the capital."
     assert trim_to_sentence("no end here") == "no end here"
+
+
+def test_anchor_subjects_are_disjoint_from_the_locality_probes():
+    """Anchors are replayed (trained); the gate's locality questions must not be among them."""
+    import re
+
+    known = load_anchors(ROOT / "data_recipes" / "anchors.en.yaml")
+    questions = [json.loads(x)["question"].lower() for x in
+                 (ROOT / "eval" / "locality.en.jsonl").read_text().splitlines()]
+    clash = {s for subjects in known.values() for s in subjects for q in questions
+             if re.search(rf"\b{re.escape(s.lower())}\b", q)}
+    assert not clash, clash
+    for name in known:  # every anchored relation has templates to ask the anchors with
+        assert name in RECIPES.relations, name
