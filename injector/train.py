@@ -194,6 +194,14 @@ def last_complete_checkpoint(ckpt_dir: Path, marker: dict) -> Path | None:
     return done[-1]
 
 
+def planned_epochs(cfg: TrainConfig, n_train: int, world_size: int = 1) -> int:
+    """`cfg.epochs`, or more where that gives fewer than `cfg.min_steps` optimizer steps."""
+    per_epoch = math.ceil(math.ceil(n_train / (cfg.batch_size * world_size)) / cfg.grad_accum) if n_train else 0
+    if not cfg.min_steps or not per_epoch:
+        return cfg.epochs
+    return max(cfg.epochs, math.ceil(cfg.min_steps / per_epoch))
+
+
 def _sft_config(SFTConfig, cfg: TrainConfig, ckpt_dir: Path, precision: str, has_dev: bool):
     """Every SFTConfig default that matters, set explicitly (TRL's differ from transformers', STACK.md)."""
     import torch
@@ -315,6 +323,8 @@ def train_lora(
         ))
     precision = resolve_precision(cfg.precision)
     has_dev = bool(dev_pairs)
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # accelerate launch: each rank sees 1/world of the data
+    cfg = cfg.model_copy(update={"epochs": planned_epochs(cfg, len(train_pairs), world)})
     with warnings.catch_warnings():
         # TRL defaults gradient_checkpointing to True: it must be set, though transformers renamed it
         warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated", category=FutureWarning)

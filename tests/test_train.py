@@ -194,3 +194,16 @@ def test_distillation_keeps_the_starting_distribution_on_replay(tmp_path, tiny_m
         kl[w] = drift(out.adapter_dir)
         assert any("kd" in m for m in steps) == bool(w)
     assert kl[20.0] < 0.5 * kl[0.0], kl
+
+
+def test_a_small_batch_gets_min_steps_through_more_epochs():
+    from injector.config import TrainConfig
+    from injector.train import planned_epochs
+
+    cfg = TrainConfig(epochs=5, batch_size=8, grad_accum=2, min_steps=90)
+    assert planned_epochs(cfg, 277) == 5  # 18 steps/epoch x 5 = 90: as configured
+    assert planned_epochs(cfg, 140) == 10  # 9 steps/epoch: 10 epochs for 90 steps
+    assert planned_epochs(cfg, 3) == 90
+    assert planned_epochs(cfg, 140, world_size=2) == 18  # 5 steps/epoch on each of 2 ranks
+    assert planned_epochs(TrainConfig(epochs=5, min_steps=0), 3) == 5
+    assert planned_epochs(cfg, 0) == 5
