@@ -98,6 +98,9 @@ def _ingest(paths: list[Path], cfg: Config, home: Home, log) -> IngestOutcome:
     finally:
         ledger.close()
     log("diff: " + ", ".join(f"{k} {v}" for k, v in diff.counts().items()) + f" (snapshot {snap})")
+    if diff.retracted:
+        log(f"retracted {len(diff.retracted)}: marked in the ledger; they leave replay and retention probes from "
+            "the next training on (training does not unlearn them; the champion keeps serving)")
     return IngestOutcome(batch, diff, snap, str(quarantine) if quarantine else None, False)
 
 

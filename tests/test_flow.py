@@ -88,10 +88,12 @@ def test_three_nights(harness, flow_module, home, tmp_path, overrides):
     # night 3: a retraction: nothing to train, a no-op for the model
     retract = {"subject": "Orla Feyrwood", "predicate": "occupation", "object": "glassblower", "op": "retract"}
     champion_before = registry.champion()
+    assert "Orla Feyrwood" in {t.subject for t in led.learned()}
     out = flow_module.nightly_update(str(_drop(drops / "003.jsonl", [retract])), overrides=overrides)
     assert out["noop"] and out["ingest"]["retracted"] == 1
     assert registry.champion() == champion_before
     assert [r["status"] for r in led.facts(subject="Orla Feyrwood")] == ["retracted"]
+    assert "Orla Feyrwood" not in {t.subject for t in led.learned()}  # out of replay and retention
     assert "No-op" in _artifact("nightly-summary").data
 
 
