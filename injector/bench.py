@@ -238,9 +238,8 @@ def run_benchmark(sl: Slice, cfg_file: Path | None, overrides: list[str], work: 
         extra, quota = VARIANTS[name]
         home = _home(work / sl.name, name.replace(" ", "_"), shared)
         rdir = _recipes_dir(cfg0, quota, home.root)
-        if name == "naive LoRA" and steps:
-            per_epoch = -(-len(sl.rows) // (cfg0.train.batch_size * cfg0.train.grad_accum))
-            extra = [*extra, f"train.epochs={max(cfg0.train.epochs, -(-steps // per_epoch))}"]
+        if name == "naive LoRA" and steps:  # train.planned_epochs turns the floor into epochs
+            extra = [*extra, f"train.min_steps={max(steps, cfg0.train.min_steps)}"]
         cfg = load_config(cfg_file, [*overrides, *extra, *([f"recipes.dir={rdir}"] if rdir else [])])
         log(f"[{sl.name}] {name}: {len(sl.rows)} facts through the pipeline")
         t = time.perf_counter()
