@@ -1,7 +1,8 @@
-"""Prefect flow: the nightly update, ingest -> plan -> train -> judge -> record.
+"""Prefect flow: the nightly update. The stage sequence is `pipeline.run_train`'s, not a copy of it.
 
-Each task is a few lines calling one engine function; decisions (the gate) stay in the engine.
-I/O tasks (reading the drop, registry calls) retry with backoff; training and evaluation never do.
+Each stage runs as a Prefect task (so the UI shows where a night went and what failed); decisions (the gate) stay
+in the engine. Only the registration retries: it is idempotent (keyed by the MLflow run id, a retry finds the
+version its first attempt made). Bad input is never retried; training and evaluation never are.
 Run once by hand: `injector nightly --source DIR`; on a schedule: see prefect.yaml and flows/serve.py.
 """
 
@@ -11,58 +12,44 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
 
 from injector import pipeline
-from injector.config import Config, load_config
+from injector.config import load_config
+from injector.errors import InjectorError
 from injector.home import Home
-from injector.lock import single_flight
 
-IO_RETRIES = {"retries": 3, "retry_delay_seconds": [10, 60, 300]}
-
-
-@task(name="ingest", **IO_RETRIES)
-def ingest(source: str, cfg: Config, home: Home) -> pipeline.IngestOutcome:
-    return pipeline.run_ingest([Path(source)], cfg, home, log=get_run_logger().info, locked=True)
+IDEMPOTENT = {"record": {"retries": 3, "retry_delay_seconds": [10, 60, 300]}}
 
 
-@task(name="plan")
-def plan(cfg: Config, home: Home) -> pipeline.Plan | None:
-    return pipeline.plan_candidate(cfg, home, log=get_run_logger().info)
+def _retry_on_infra_only(task, task_run, state) -> bool:
+    """Bad input (an InjectorError that is not an infrastructure fault) fails at once."""
+    try:
+        state.result()
+    except InjectorError as e:
+        return e.exit_code == 4
+    except Exception:
+        return True
+    return False
 
 
-@task(name="start-run", **IO_RETRIES)
-def start_run(p: pipeline.Plan, cfg: Config) -> str:
-    return pipeline.start_run(p, cfg)
+def _as_task(name: str, fn, *args, **kwargs):
+    opts = IDEMPOTENT.get(name, {})
+    if opts:
+        opts = {**opts, "retry_condition_fn": _retry_on_infra_only}
+    return task(fn, name=name, cache_policy=NO_CACHE, **opts)(*args, **kwargs)
 
 
-@task(name="train")
-def train(p: pipeline.Plan, cfg: Config, home: Home, run_id: str):
-    return pipeline.train_candidate(p, cfg, home, run_id)
-
-
-@task(name="evaluate-and-gate")
-def judge(p: pipeline.Plan, result, cfg: Config, home: Home):
-    return pipeline.judge_candidate(p, result, cfg, home)
-
-
-@task(name="register-and-promote", **IO_RETRIES)
-def record(p: pipeline.Plan, result, after, decision, home: Home, run_id: str) -> tuple[str, bool]:
-    version, promoted = pipeline.record_candidate(p, result, after, decision, home, run_id,
-                                                  log=get_run_logger().info)
-    pipeline.registry.end_run(run_id, "FINISHED")
-    return version, promoted
-
-
-def _publish(ing: pipeline.IngestOutcome, outcome: pipeline.TrainOutcome | None) -> None:
-    s = ing.summary()
-    lines = ["# injector nightly update", "",
-             f"Read {s['read']} = accepted {s['accepted']} + rejected {s['rejected']} + duplicates "
-             f"{s['duplicates']} (conflicting groups {s['conflicts']}); quarantine: {s['quarantine']}", "",
-             f"Diff: added {s['added']}, changed {s['changed']}, retracted {s['retracted']}, "
-             f"unchanged {s['unchanged']}", ""]
-    if outcome is None or outcome.noop:
-        lines.append("**No-op**: " + ("the drop holds nothing new (empty diff)" if ing.noop else
-                                      "nothing pending to train") + "; no new model version.")
+def _publish(outcome: pipeline.TrainOutcome) -> None:
+    lines = ["# injector nightly update", ""]
+    if outcome.ingest is not None:
+        s = outcome.ingest.summary()
+        lines += [f"Read {s['read']} = accepted {s['accepted']} + rejected {s['rejected']} + duplicates "
+                  f"{s['duplicates']} (conflicting groups {s['conflicts']}); quarantine: {s['quarantine']}", "",
+                  f"Diff: added {s['added']}, changed {s['changed']}, retracted {s['retracted']}, "
+                  f"unchanged {s['unchanged']}", ""]
+    if outcome.noop:
+        lines.append("**No-op**: nothing new in the drop and nothing pending to train; no new model version.")
     else:
         t, d = outcome.train, outcome.decision
         lines += [f"Training: {t.n_examples} examples, {t.steps} steps, {t.epochs:.1f} epochs, "
@@ -77,6 +64,8 @@ def _publish(ing: pipeline.IngestOutcome, outcome: pipeline.TrainOutcome | None)
         create_table_artifact(key="accuracy-by-kind", description="Accuracy per probe kind, before/after",
                               table=[{"kind": k, "n": v["n"], "before": round(before.get(k, {}).get("accuracy", 0), 4),
                                       "after": round(v["accuracy"], 4)} for k, v in after.items()])
+    lines += ["", "## Time per stage", "", "| stage | s |", "|---|---|",
+              *[f"| {k} | {v:.1f} |" for k, v in outcome.stage_s.items()]]
     create_markdown_artifact(key="nightly-summary", markdown="\n".join(lines), description="injector nightly")
 
 
@@ -85,22 +74,7 @@ def nightly_update(source: str, config: str | None = None, overrides: list[str] 
     """Ingest the drop at `source` and inject what is pending, under the home's single-flight lock."""
     home = Home.from_env().ensure()
     cfg = load_config(config, overrides or [])
-    with single_flight(home.root, "nightly-update flow"):
-        ing = ingest(source, cfg, home)
-        p = None if ing.noop else plan(cfg, home)  # an empty diff ends the run early
-        if p is None:
-            _publish(ing, None)
-            return {"noop": True, "ingest": ing.summary()}
-        run_id = start_run(p, cfg)
-        try:
-            result = train(p, cfg, home, run_id)
-            after, decision = judge(p, result, cfg, home)
-        except BaseException:
-            pipeline.registry.end_run(run_id, "FAILED")
-            raise
-        version, promoted = record(p, result, after, decision, home, run_id)
-    outcome = pipeline.TrainOutcome(ingest=ing, before=p.before, after=after, train=result, decision=decision,
-                                    version=version, promoted=promoted, previous_champion=p.current, run_id=run_id)
-    _publish(ing, outcome)
-    return {"noop": False, "version": version, "promoted": promoted, "gate": decision.table(),
-            "ingest": ing.summary()}
+    outcome = pipeline.run_train([Path(source)], cfg, home, log=get_run_logger().info, runner=_as_task)
+    _publish(outcome)
+    out = pipeline.outcome_summary(outcome)
+    return {k: out[k] for k in ("noop", "exit_code", "version", "promoted", "gate", "ingest", "stage_s") if k in out}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from injector.errors import InjectorError
+from injector.errors import EXIT_INFRA, InjectorError
 
 app = typer.Typer(
     help="Keep an open-weight LLM in step with a knowledge graph: ingest triples, inject them with LoRA, "
@@ -19,6 +19,8 @@ app = typer.Typer(
 )
 
 CONFIG = typer.Option(None, "--config", "-c", help="YAML config file (see examples/demo.yaml).")
+MASS_RETRACT = typer.Option(False, "--allow-mass-retraction", help="Snapshot mode: accept a drop that retracts more "
+                                                                    "than ingest.max_retract_fraction of the facts.")
 OVERRIDES = typer.Argument(None, help="Dotted config overrides, e.g. train.epochs=3 train.lora.r=8.",
                            show_default=False)
 
@@ -49,21 +51,26 @@ def train(
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary instead of tables."),
     resume: bool = typer.Option(False, "--resume", help="Continue the last interrupted run from its last complete "
                                                           "checkpoint (refused if data, base or config changed)."),
+    allow_mass_retraction: bool = MASS_RETRACT,
     overrides: list[str] | None = OVERRIDES,
 ) -> None:
-    """Ingest TRIPLES, inject every pending fact with LoRA, check by generation, gate, register in MLflow."""
+    """Ingest TRIPLES, inject every pending fact with LoRA, check by generation, gate, register in MLflow.
+
+    Exit codes: 0 promoted (or nothing to do), 5 trained but refused by the gate, 2 bad input, 3 already running,
+    4 infrastructure fault."""
     from injector.pipeline import outcome_summary, run_train
     from injector.report import print_before_after, print_gate
 
-    cfg = _config(config, [*(overrides or []), *([f"ingest.mode={mode}"] if mode else [])], base_model)
+    cfg = _config(config, [*(overrides or []), *([f"ingest.mode={mode}"] if mode else []),
+                           *(["ingest.max_retract_fraction=1"] if allow_mass_retraction else [])], base_model)
     home = _home()
     outcome = run_train(triples, cfg, home, log=(lambda *a: print(*a, file=sys.stderr)) if json_out else print,
                         resume=resume)
     if json_out:
         print(json.dumps(outcome_summary(outcome), indent=2, default=str))
-        return
+        raise typer.Exit(outcome.exit_code)
     if outcome.noop:
-        print("nothing to train: no new model version (exit 0)")
+        print("nothing to train: no pending facts, no new model version (exit 0)")
         return
     print_before_after(outcome.before, outcome.after)
     print_gate(outcome.decision)
@@ -77,21 +84,30 @@ def train(
           f"{t.tokens_per_s:.0f} train tokens/s")
     verdict = "promoted to champion" if outcome.promoted else "not promoted (champion unchanged)"
     print(f"registered model version {outcome.version}: {verdict}; MLflow store: {home.tracking_uri}")
+    print("time per stage: " + ", ".join(f"{k} {v:.0f} s" for k, v in outcome.stage_s.items()))
     print(f"total wall time {outcome.wall_s:.0f} s")
+    raise typer.Exit(outcome.exit_code)
 
 
 @app.command()
 def ingest(
-    inputs: list[Path] = typer.Argument(..., help="Files (JSONL, CSV, .nt, .ttl) or dirs of drop files."),
+    inputs: list[str] = typer.Argument(..., help="Files (JSONL, CSV, .nt, .ttl) or dirs of drop files, and dotted "
+                                                 "config overrides (key=value)."),
     mode: str | None = typer.Option(None, "--mode", help="snapshot (absent facts are retracted) or delta."),
     config: Path | None = CONFIG,
     json_out: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
+    allow_mass_retraction: bool = MASS_RETRACT,
 ) -> None:
     """Validate KG triples, quarantine bad records, diff against the last snapshot, record it in the ledger."""
     from injector.pipeline import run_ingest
 
-    cfg = _config(config, [f"ingest.mode={mode}"] if mode else [])
-    out = run_ingest(inputs, cfg, _home(), log=(lambda *a: print(*a, file=sys.stderr)) if json_out else print)
+    overrides = [i for i in inputs if "=" in i and not Path(i).exists()]
+    paths = [Path(i) for i in inputs if i not in overrides]
+    if not paths:
+        raise InjectorError("ingest: no input files given")
+    cfg = _config(config, [*overrides, *([f"ingest.mode={mode}"] if mode else []),
+                           *(["ingest.max_retract_fraction=1"] if allow_mass_retraction else [])])
+    out = run_ingest(paths, cfg, _home(), log=(lambda *a: print(*a, file=sys.stderr)) if json_out else print)
     if json_out:
         print(json.dumps(out.summary()))
         return
@@ -176,8 +192,17 @@ def ask(
     """Print the model's answer (chat template applied, greedy decoding)."""
     from injector.evaluate import generate
 
+    if not question.strip():
+        raise InjectorError("ask: the question is empty")
     cfg = _config(config, None)
     mdl, tok = _load_model(model, cfg)
+    text = tok.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                   tokenize=False)
+    n = len(tok(text, add_special_tokens=False)["input_ids"])
+    limit = getattr(mdl.config, "max_position_embeddings", None)
+    if limit and n + max_new_tokens > limit:
+        raise InjectorError(f"ask: the question is {n} tokens; with {max_new_tokens} answer tokens it exceeds the "
+                            f"model's context of {limit}")
     print(generate(mdl, tok, [[{"role": "user", "content": question}]], max_new_tokens, 1)[0])
 
 
@@ -291,6 +316,23 @@ def promote(
     if not registry.move_champion(version, current, "forced" if force else "promote: gate passed"):
         raise InjectorError("the champion changed while promoting; try again")
     print(f"champion: v{current} -> v{version}" if current else f"champion: v{version}")
+    _follow(version)
+
+
+def _follow(version: str) -> None:
+    """Put the ledger in step with the new champion: facts it does not know become pending again."""
+    from injector.ledger import Ledger
+
+    ledger = Ledger(_home().ensure().ledger)
+    try:
+        if not ledger.knows(version):
+            print(f"warning: the ledger has no record of what v{version} learned (registered before this was "
+                  "tracked); `injector facts` may not match it", file=sys.stderr)
+            return
+        known, pending = ledger.follow_champion(version)
+    finally:
+        ledger.close()
+    print(f"ledger: the champion v{version} knows {known} active facts; {pending} pending (trained by the next run)")
 
 
 @app.command()
@@ -298,9 +340,14 @@ def rollback() -> None:
     """Move the champion back to the previous champion (recorded in the registry)."""
     from injector import registry
 
-    registry.connect(_home().ensure())
-    old, new = registry.rollback()
-    print(f"champion: v{old} -> v{new} (rolled back)")
+    home = _home().ensure()
+    from injector.lock import single_flight
+
+    with single_flight(home.root, "injector rollback"):
+        registry.connect(home)
+        old, new = registry.rollback()
+        print(f"champion: v{old} -> v{new} (rolled back)")
+        _follow(new)
 
 
 @app.command()
@@ -324,6 +371,7 @@ def nightly(
     result = module.nightly_update(source=str(source), config=str(config) if config else None,
                                    overrides=list(overrides or []))
     print(json.dumps(result, indent=2, default=str))
+    raise typer.Exit(result.get("exit_code", 0))
 
 
 @app.command()
@@ -377,11 +425,26 @@ def bench(
 
 
 def main() -> None:
+    import errno
+    import sqlite3
+
     try:
         app()
     except InjectorError as e:
         print(f"injector: error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"injector: error: disk full writing {e.filename or 'a file'} ({e.strerror}); free space and run "
+              "again (the ledger, the champion and the last complete checkpoint are intact)", file=sys.stderr)
+        sys.exit(EXIT_INFRA)
+    except sqlite3.OperationalError as e:
+        if "full" not in str(e) and "disk" not in str(e):
+            raise
+        print(f"injector: error: SQLite: {e}; free space and run again (the transaction was rolled back)",
+              file=sys.stderr)
+        sys.exit(EXIT_INFRA)
     except KeyboardInterrupt:
         print("injector: interrupted", file=sys.stderr)
         sys.exit(130)

@@ -18,7 +18,8 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: `train.learning_rate=.inf` is a config error, not a NaN loss an hour later
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ModelConfig(_Section):
@@ -78,6 +79,10 @@ class IngestConfig(_Section):
     language: str = "en"  # RDF labels and literals in this language (or untagged) are used
     max_field_length: int = Field(300, ge=8)
     max_reject_fraction: float = Field(0.2, ge=0, le=1)  # above this share of rejects: stop before training
+    # snapshot mode: a drop that would retract more than this share of the active facts stops before committing
+    # (an empty or truncated export is far more likely than a real mass retraction); `--allow-mass-retraction`
+    # sets it to 1 for a real one
+    max_retract_fraction: float = Field(0.05, ge=0, le=1)
 
 
 class EvalConfig(_Section):

@@ -49,6 +49,11 @@ class Batch:
     conflicts: int = 0  # conflicting groups (their records are among `rejected`)
     labels: int = 0  # RDF label statements consumed to name IRIs (not facts)
     content_hash: str = ""
+    refused_files: tuple[tuple[str, str], ...] = ()  # (path, reason): files in a drop dir that were not read
+    # (subject, predicate) slots named by rejected records, lower-cased: a fact in such a slot is never "absent"
+    # (the rejected record may be that very fact, mangled)
+    rejected_slots: frozenset[tuple[str, str]] = frozenset()
+    unidentified: int = 0  # rejected records that name no fact (corrupt lines): any fact may be among them
 
     @property
     def rejected_fraction(self) -> float:
@@ -60,8 +65,9 @@ def normalise(text: str) -> str:
     return _WS.sub(" ", _CTRL.sub(" ", unicodedata.normalize("NFC", text))).strip()
 
 
-def validate(rec: RawRecord, max_len: int) -> tuple[Triple | None, str | None]:
-    """A Triple, or the reason it is rejected."""
+def validate(rec: RawRecord, max_len: int, canonical: Callable[[str], str] = lambda p: p) \
+        -> tuple[Triple | None, str | None]:
+    """A Triple, or the reason it is rejected. `canonical` maps predicate aliases and spellings to one name."""
     if rec.error:
         return None, rec.error
     f = rec.fields or {}
@@ -91,8 +97,19 @@ def validate(rec: RawRecord, max_len: int) -> tuple[Triple | None, str | None]:
     op = str(f.get("op") or "assert").strip().lower()
     if op not in ("assert", "retract"):
         return None, f"field op: {op!r} is not assert or retract"
-    return Triple(values["subject"], values["predicate"], values["object"], op=op, source=rec.where,
+    return Triple(values["subject"], canonical(values["predicate"]), values["object"], op=op, source=rec.where,
                   question=values.get("question", "")), None
+
+
+def _named_slot(rec: RawRecord, canonical: Callable[[str], str]) -> tuple[str, str] | None:
+    """The (subject, predicate) a rejected record is about, when those fields can still be read (else None)."""
+    f = rec.fields or {}
+    if f.get("question") and not f.get("predicate"):
+        f = {**f, "predicate": "question"}
+    vals = [f.get(k) for k in FIELDS[:2]]
+    if not all(isinstance(v, str | int | float) and not isinstance(v, bool) and normalise(str(v)) for v in vals):
+        return None
+    return normalise(str(vals[0])).lower(), canonical(normalise(str(vals[1]))).lower()
 
 
 def _conflicts(triples: list[Triple], single_valued: Callable[[str], bool]) -> tuple[list[Triple], list[list[Triple]]]:
@@ -115,24 +132,33 @@ def content_hash(triples: Iterable[Triple], mode: str) -> str:
 
 
 def read_batch(paths: list[Path], single_valued: Callable[[str], bool] = lambda p: False, mode: str = "snapshot",
-               language: str = "en", max_field_length: int = 300) -> Batch:
+               language: str = "en", max_field_length: int = 300,
+               canonical: Callable[[str], str] = lambda p: p) -> Batch:
     """Read, normalise and validate every record of the given files/dirs (dirs in name order)."""
-    files = expand(paths)
+    refused: list[tuple[str, str]] = []
+    files = expand(paths, refused)
     if not files:
-        raise InjectorError(f"no input files in {', '.join(map(str, paths))}")
+        why = "; ".join(f"{p}: {r}" for p, r in refused[:3])
+        raise InjectorError(f"no input files in {', '.join(map(str, paths))}" + (f" (refused {why})" if why else ""))
     accepted: list[Triple] = []
     rejected: list[Rejection] = []
+    slots: set[tuple[str, str]] = set()
     seen: set[tuple] = set()
-    read = dups = labels = 0
+    read = dups = labels = unidentified = 0
     for path in files:
         for rec in read_records(path, language):
             if rec.error == "label":
                 labels += 1
                 continue
             read += 1
-            triple, reason = validate(rec, max_field_length)
+            triple, reason = validate(rec, max_field_length, canonical)
             if triple is None:
                 rejected.append(Rejection(rec.where, reason or "invalid", rec.raw))
+                slot = _named_slot(rec, canonical)
+                if slot is None:
+                    unidentified += 1
+                else:
+                    slots.add(slot)
                 continue
             key = (triple.op, triple.subject, triple.predicate, triple.object, triple.question)
             if key in seen:
@@ -144,19 +170,31 @@ def read_batch(paths: list[Path], single_valued: Callable[[str], bool] = lambda 
     for g in groups:
         objs = " vs ".join(sorted({t.object for t in g}))
         for t in g:
+            slots.add((t.subject.lower(), t.predicate.lower()))
             rejected.append(Rejection(t.source, f"conflict: {t.subject} / {t.predicate} has several objects in this "
                                                 f"batch ({objs}); none is trained", json.dumps(
                                                     {"subject": t.subject, "predicate": t.predicate,
                                                      "object": t.object})))
-    return Batch(tuple(accepted), tuple(rejected), dups, read, len(groups), labels, content_hash(accepted, mode))
+    return Batch(tuple(accepted), tuple(rejected), dups, read, len(groups), labels, content_hash(accepted, mode),
+                 tuple(refused), frozenset(slots), unidentified)
 
 
-def write_quarantine(batch: Batch, directory: Path) -> Path | None:
-    """Rejected records, one JSON object a line (where, reason, raw); None when nothing was rejected."""
+def write_quarantine(batch: Batch, directory: Path, inputs: list[Path] | None = None) -> Path | None:
+    """Rejected records, one JSON object a line (where, reason, raw); None when nothing was rejected.
+
+    One file per ingest, named by time, the input's name and the accepted facts' hash; never overwritten.
+    """
     if not batch.rejected:
         return None
+    import time
+
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{batch.content_hash[:16]}.jsonl"
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", inputs[0].name if inputs else "input")[:60] or "input"
+    stem = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{name}-{batch.content_hash[:12]}"
+    path, n = directory / f"{stem}.jsonl", 1
+    while path.exists():
+        n += 1
+        path = directory / f"{stem}-{n}.jsonl"
     tmp = path.with_suffix(".tmp")
     with tmp.open("w", encoding="utf-8") as f:
         for r in batch.rejected:

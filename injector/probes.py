@@ -14,7 +14,13 @@ def read_questions(path: Path, default_kind: str = "probe") -> list[Probe]:
     if not path.exists():
         raise InjectorError(f"questions file not found: {path}")
     probes = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, raw in enumerate(path.read_bytes().splitlines(), 1):
+        if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise InjectorError(f"{path}:{n}: invalid UTF-8 at byte {e.start}") from None
         if not line.strip():
             continue
         try:
@@ -29,6 +35,10 @@ def read_questions(path: Path, default_kind: str = "probe") -> list[Probe]:
         if not answers or not all(isinstance(a, str) for a in answers):
             raise InjectorError(f"{path}:{n}: 'answers' must be a non-empty list of strings")
         forbidden = row.get("forbidden") or []
+        if isinstance(forbidden, str):  # one forbidden answer, not its characters
+            forbidden = [forbidden]
+        if not isinstance(forbidden, list) or not all(isinstance(f, str) for f in forbidden):
+            raise InjectorError(f"{path}:{n}: 'forbidden' must be a string or a list of strings")
         probes.append(Probe(question=row["question"], answers=tuple(answers), kind=str(row.get("kind", default_kind)),
                             forbidden=tuple(forbidden), relation=str(row.get("relation", ""))))
     if not probes:

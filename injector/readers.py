@@ -42,13 +42,30 @@ def format_of(path: Path) -> str:
     return fmt
 
 
-def expand(paths: list[Path]) -> list[Path]:
-    """Files as given; a directory contributes its drop files in name order."""
+def expand(paths: list[Path], refused: list[tuple[str, str]] | None = None) -> list[Path]:
+    """Files as given; a directory contributes its regular drop files in name order.
+
+    Inside a directory, dotfiles, symlinks and anything that is not a regular file are refused (each named in
+    `refused`): a drop directory must not pull in a file from elsewhere through a link.
+    """
     out: list[Path] = []
+    refused = refused if refused is not None else []
     for p in paths:
         if p.is_dir():
-            out += sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in SUFFIXES)
+            for f in sorted(p.iterdir()):
+                if f.name.startswith("."):
+                    refused.append((str(f), "hidden file"))
+                elif f.is_symlink():
+                    refused.append((str(f), "symbolic link (drop directories take regular files only)"))
+                elif not f.is_file():
+                    refused.append((str(f), "not a regular file"))
+                elif f.suffix.lower() not in SUFFIXES:
+                    refused.append((str(f), f"unknown format (expected one of {', '.join(sorted(SUFFIXES))})"))
+                else:
+                    out.append(f)
         elif p.exists():
+            if not p.is_file():
+                raise InjectorError(f"input is not a regular file: {p}")
             out.append(p)
         else:
             raise InjectorError(f"input not found: {p}")
@@ -74,9 +91,14 @@ def _decode(raw: bytes, where: str) -> tuple[str | None, RawRecord | None]:
         return None, RawRecord(where, error=f"invalid UTF-8 at byte {e.start}", raw=raw_text)
 
 
+BOM = b"\xef\xbb\xbf"
+
+
 def read_jsonl(path: Path) -> Iterator[RawRecord]:
     with path.open("rb") as f:
         for n, raw in enumerate(f, 1):
+            if n == 1 and raw.startswith(BOM):  # a UTF-8 byte-order mark is an encoding detail, not data
+                raw = raw[len(BOM):]
             if not raw.strip():
                 continue
             where = f"{path}:{n}"
@@ -96,33 +118,53 @@ def read_jsonl(path: Path) -> Iterator[RawRecord]:
 
 
 def read_csv(path: Path) -> Iterator[RawRecord]:
-    with path.open("rb") as fb:
-        header_raw = fb.readline()
-        text, bad = _decode(header_raw, f"{path}:1")
-        if bad or not text.strip():
-            raise InjectorError(f"{path}:1: missing or unreadable CSV header row")
-        header = [h.strip() for h in next(csv.reader([text]))]
-        missing = [c for c in FIELDS if c not in header] if "question" not in header else []
-        if missing:
-            raise InjectorError(f"{path}:1: CSV header lacks column {missing[0]!r} (has: {', '.join(header)})")
-        for n, raw in enumerate(fb, 2):
-            if not raw.strip():
-                continue
-            where = f"{path}:{n}"
-            line, bad = _decode(raw, where)
-            if bad:
-                yield bad
-                continue
-            try:
-                row = next(csv.reader(io.StringIO(line)))
-            except csv.Error as e:
-                yield RawRecord(where, error=f"malformed CSV ({e})", raw=line[:200])
-                continue
-            if len(row) != len(header):
-                yield RawRecord(where, error=f"malformed CSV row: {len(row)} fields, header has {len(header)}",
-                                raw=line[:200])
-                continue
-            yield RawRecord(where, fields=dict(zip(header, row)), raw=line[:200].rstrip("\r\n"))
+    """RFC 4180 over the whole stream (quoted fields may hold newlines); `where` is the record's first line.
+
+    Bytes are decoded with surrogate escapes so that one bad byte rejects its record, not the file.
+    """
+    text = path.read_bytes().decode("utf-8", "surrogateescape")
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    lines = io.StringIO(text, newline="")
+    reader = csv.reader(lines)
+    try:
+        header = next(reader)
+    except (StopIteration, csv.Error):
+        raise InjectorError(f"{path}:1: missing or unreadable CSV header row") from None
+    header = [h.strip() for h in header]
+    if not any(header) or any(_bad_utf8(h) for h in header):
+        raise InjectorError(f"{path}:1: missing or unreadable CSV header row")
+    missing = [c for c in FIELDS if c not in header] if "question" not in header else []
+    if missing:
+        raise InjectorError(f"{path}:1: CSV header lacks column {missing[0]!r} (has: {', '.join(header)})")
+    start = reader.line_num + 1
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            yield RawRecord(f"{path}:{start}", error=f"malformed CSV ({e})")
+            if reader.line_num + 1 <= start:  # the reader made no progress: stop rather than loop
+                return
+            start = reader.line_num + 1
+            continue
+        where, start = f"{path}:{start}", reader.line_num + 1
+        if not any(c.strip() for c in row):
+            continue
+        raw = ",".join(row)[:200].encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        bad = next((c for c in row if _bad_utf8(c)), None)
+        if bad is not None:
+            yield RawRecord(where, error="invalid UTF-8", raw=raw)
+            continue
+        if len(row) != len(header):
+            yield RawRecord(where, error=f"malformed CSV row: {len(row)} fields, header has {len(header)}", raw=raw)
+            continue
+        yield RawRecord(where, fields=dict(zip(header, row)), raw=raw)
+
+
+def _bad_utf8(text: str) -> bool:
+    return any("\udc80" <= ch <= "\udcff" for ch in text)
 
 
 # --- RDF -------------------------------------------------------------------------------------------
@@ -155,6 +197,8 @@ def _nt_lines(path: Path) -> Iterator[tuple[str, str, dict | None]]:
     """(where, raw, parsed match dict | None) for each non-comment line."""
     with path.open("rb") as f:
         for n, raw in enumerate(f, 1):
+            if n == 1 and raw.startswith(BOM):
+                raw = raw[len(BOM):]
             if not raw.strip() or raw.lstrip().startswith(b"#"):
                 continue
             where = f"{path}:{n}"

@@ -48,6 +48,12 @@ class Recipes:
     def single_valued(self, predicate: str) -> bool:
         return self.relation(predicate).single_valued
 
+    def canonical(self, predicate: str) -> str:
+        """One name per predicate: `Capital City`, `capital_city` and `capitalCity` are all `capital` (via the
+        aliases); an unknown predicate keeps its normalised spelling (`hasListPrice` -> `has_list_price`)."""
+        key = normalise_predicate(predicate)
+        return self.aliases.get(key, key)
+
 
 def normalise_predicate(predicate: str) -> str:
     p = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", predicate.strip())  # headquartersCity -> headquarters_City

@@ -9,10 +9,11 @@ from typing import Literal
 Origin = Literal["new", "replay"]
 
 
-def fact_key(subject: str, predicate: str, obj: str) -> str:
-    """Stable id of one fact: the same triple always gets the same id."""
-    digest = hashlib.sha1(f"{subject}\x1f{predicate}\x1f{obj}".encode()).hexdigest()
-    return digest[:16]
+def fact_key(subject: str, predicate: str, obj: str, question: str = "") -> str:
+    """Stable id of one fact: the same triple always gets the same id. A question-answer fact is identified by its
+    question too (two questions about one subject with the same answer are two facts)."""
+    key = f"{subject}\x1f{predicate}\x1f{obj}" + (f"\x1f{question}" if question else "")
+    return hashlib.sha1(key.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,7 @@ class Triple:
 
     @property
     def id(self) -> str:
-        return fact_key(self.subject, self.predicate, self.object)
+        return fact_key(self.subject, self.predicate, self.object, self.question)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import json
 import os
 from pathlib import Path
 
-from injector.errors import InjectorError
+from injector.errors import InfraError, InjectorError
 from injector.home import Home
 
 MODEL_NAME = "injector"
@@ -19,19 +19,64 @@ _HISTORY_TAG = "champion_history"  # comma-separated versions that held the cham
 PIP_REQUIREMENTS = ["torch", "transformers", "peft", "accelerate", "mlflow", "pandas"]
 
 
+def check_reachable(home: Home, timeout_s: float = 5.0) -> None:
+    """A tracking server must answer its health endpoint within `timeout_s` (MLflow's own client would retry for
+    minutes before failing); a local SQLite store is checked by `connect`."""
+    import urllib.error
+    import urllib.request
+
+    uri = home.tracking_uri
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as r:
+            r.read(64)
+    except (urllib.error.URLError, OSError) as e:
+        raise InfraError(f"MLflow tracking server {uri} is unreachable ({getattr(e, 'reason', e)}); start it or "
+                         "fix MLFLOW_TRACKING_URI; nothing was recorded") from None
+
+
 def connect(home: Home) -> str:
     """Point MLflow at the home's store and make sure the experiment exists; returns its id."""
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")  # default 7 with backoff: minutes of hanging
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     mlflow.set_tracking_uri(home.tracking_uri)
     mlflow.set_registry_uri(home.tracking_uri)
+    try:
+        exp = mlflow.get_experiment_by_name(EXPERIMENT)
+        if exp is not None:
+            return exp.experiment_id
+        local = home.tracking_uri.startswith("sqlite:")
+        # explicit artifact location: otherwise artifacts land under the current directory (STACK.md)
+        return mlflow.create_experiment(EXPERIMENT, artifact_location=home.artifacts.as_uri() if local else None)
+    except MlflowException as e:
+        raise InfraError(f"MLflow store {home.tracking_uri} failed: {str(e).splitlines()[0][:200]}") from None
+
+
+def fail_orphans(home: Home) -> list[str]:
+    """Runs of this home left RUNNING by a killed process are marked FAILED. Call with the home's lock held: then
+    no live run of this home exists, so every RUNNING one is an orphan."""
+    exp = _experiment()
+    client = _client()
+    runs = client.search_runs([exp.experiment_id], filter_string=f"attributes.status = 'RUNNING' and "
+                              f"tags.`injector.home` = '{home.root}'", max_results=1000)
+    for run in runs:
+        client.set_terminated(run.info.run_id, "FAILED")
+        client.set_tag(run.info.run_id, "injector.failure", "orphaned: its process died; marked by the next run")
+    return [r.info.run_id for r in runs]
+
+
+def _experiment():
+    import mlflow
+
     exp = mlflow.get_experiment_by_name(EXPERIMENT)
-    if exp is not None:
-        return exp.experiment_id
-    local = home.tracking_uri.startswith("sqlite:")
-    # explicit artifact location: otherwise artifacts land under the current directory (STACK.md)
-    return mlflow.create_experiment(EXPERIMENT, artifact_location=home.artifacts.as_uri() if local else None)
+    if exp is None:
+        raise InjectorError("MLflow experiment missing: call registry.connect first")
+    return exp
 
 
 def _client():
@@ -54,16 +99,18 @@ def _alias(alias: str) -> str | None:
         return None
 
 
-def start_run(params: dict, run_name: str | None = None) -> str:
+def start_run(params: dict, run_name: str | None = None, home: Home | None = None) -> str:
     """A new run in the experiment (by id, so that stages in other threads or tasks can log to it)."""
-    import mlflow
+    import socket
+
     from mlflow.entities import Param
 
-    exp = mlflow.get_experiment_by_name(EXPERIMENT)
-    if exp is None:
-        raise InjectorError("MLflow experiment missing: call registry.connect first")
+    exp = _experiment()
     client = _client()
-    run = client.create_run(exp.experiment_id, run_name=run_name)
+    tags = {"injector.pid": str(os.getpid()), "injector.host": socket.gethostname()}
+    if home is not None:
+        tags["injector.home"] = str(home.root)
+    run = client.create_run(exp.experiment_id, run_name=run_name, tags=tags)
     items = [Param(k, str(v)[:500]) for k, v in params.items()]
     for i in range(0, len(items), 100):
         client.log_batch(run.info.run_id, params=items[i: i + 100])
@@ -104,10 +151,14 @@ def log_adapter(run_id: str, adapter_dir: str, base_model_path: str, tags: dict[
 
     # unnamed string input: a JSON list of questions (or a one-column DataFrame) -> one answer each
     signature = ModelSignature(inputs=Schema([ColSpec("string")]), outputs=Schema([ColSpec("string")]))
-    with mlflow.start_run(run_id=run_id):
-        info = _log_pyfunc(mlflow, adapter_dir, base_model_path, signature)
-    version = str(info.registered_model_version)
     client = _client()
+    done = client.search_model_versions(f"name='{MODEL_NAME}' and run_id='{run_id}'")
+    if done:  # a retried registration finds the version its first attempt made: one run, one version
+        version = str(max(int(mv.version) for mv in done))
+    else:
+        with mlflow.start_run(run_id=run_id):
+            info = _log_pyfunc(mlflow, adapter_dir, base_model_path, signature)
+        version = str(info.registered_model_version)
     for k, v in {"base_model_path": base_model_path, **tags}.items():
         client.set_model_version_tag(MODEL_NAME, version, k, str(v))
     client.set_registered_model_alias(MODEL_NAME, CHALLENGER, version)
@@ -156,7 +207,10 @@ def move_champion(version: str, expected_current: str | None, reason: str) -> bo
 
     MLflow has no compare-and-swap for aliases (STACK.md); returns False when another promotion won.
     """
-    if champion() != expected_current:
+    current = champion()
+    if current == version:  # a retry of a promotion that went through
+        return True
+    if current != expected_current:
         return False
     client = _client()
     client.set_registered_model_alias(MODEL_NAME, CHAMPION, version)
