@@ -32,25 +32,25 @@ def _positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.bool() & nxt.bool())
 
 
-def _hidden(model, input_ids, attention_mask):
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    backbone = getattr(inner, inner.base_model_prefix)
-    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-    return inner, hidden
+def _logits(model, input_ids, attention_mask, pos):
+    """Logits at the positions `pos` (boolean [B, L]) through the model's own forward: [n, V] in fp32."""
+    return model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=pos, use_cache=False).logits.float()
 
 
 @torch.no_grad()
 def teacher_batches(model, batches: list[dict], k: int = 32) -> list[TeacherBatch]:
-    """The model's top-k next-token distribution at every position of each batch (computed once)."""
+    """The model's top-k next-token distribution at every position of each batch (computed once), kept on the
+    model's device: each training step then reads it without a host-to-device copy."""
+    from tqdm.auto import tqdm
+
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     out = []
-    for b in batches:
-        ids, mask = b["input_ids"], b["attention_mask"]
-        inner, hidden = _hidden(model, ids, mask)
+    for b in tqdm(batches, desc="teacher pass", unit="batch", disable=len(batches) < 8):
+        ids, mask = b["input_ids"].to(device), b["attention_mask"].to(device)
         pos = _positions(mask)
-        logits = inner.get_output_embeddings()(hidden[pos]).float()
-        top = torch.log_softmax(logits, dim=-1).topk(k, dim=-1)
+        top = torch.log_softmax(_logits(model, ids, mask, pos), dim=-1).topk(k, dim=-1)
         out.append(TeacherBatch(ids, mask, top.indices, top.values))
     model.train(was_training)
     return out
@@ -65,9 +65,8 @@ def _with_tail(logp: torch.Tensor) -> torch.Tensor:
 def kd_loss(model, batch: TeacherBatch) -> torch.Tensor:
     """KL(teacher || student) over the teacher's top-k + tail buckets, mean over positions; differentiable."""
     device = next(model.parameters()).device
-    inner, hidden = _hidden(model, batch.input_ids.to(device), batch.attention_mask.to(device))
-    pos = _positions(batch.attention_mask.to(device))
-    logq = torch.log_softmax(inner.get_output_embeddings()(hidden[pos]).float(), dim=-1)
+    mask = batch.attention_mask.to(device)  # no-ops: teacher batches live on the model's device
+    logq = torch.log_softmax(_logits(model, batch.input_ids.to(device), mask, _positions(mask)), dim=-1)
     lq = _with_tail(logq.gather(-1, batch.idx.to(device)))
     lp = _with_tail(batch.logp.to(device))
     return (lp.exp() * (lp - lq)).sum(-1).mean()

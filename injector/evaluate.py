@@ -142,7 +142,7 @@ def perplexity(model, tokenizer, texts: Sequence[str], max_len: int = 256, batch
     return math.exp(nll / count)
 
 
-def _answer_logprobs(model, tokenizer, prompts: Sequence[str], answers: Sequence[str], batch_size: int):
+def answer_logprobs(model, tokenizer, prompts: Sequence[str], answers: Sequence[str], batch_size: int):
     """Per-answer-token log-softmax over the vocabulary, teacher-forced, one tensor per (prompt, answer)."""
     import torch
 
@@ -168,10 +168,16 @@ def _answer_logprobs(model, tokenizer, prompts: Sequence[str], answers: Sequence
 def kl_drift(reference, candidate, tokenizer, prompts: Sequence[str], answers: Sequence[str],
              batch_size: int = 16) -> float:
     """Mean per-token KL(reference || candidate), teacher-forced on the reference's own answers."""
+
+    ref = answer_logprobs(reference, tokenizer, prompts, answers, batch_size)
+    return kl_from(ref, answer_logprobs(candidate, tokenizer, prompts, answers, batch_size))
+
+
+def kl_from(ref: list, cand: list) -> float:
+    """Mean per-token KL(ref || cand) from two `answer_logprobs` results (the reference's computed first, so that
+    the two models need not be in memory at once)."""
     import torch
 
-    ref = _answer_logprobs(reference, tokenizer, prompts, answers, batch_size)
-    cand = _answer_logprobs(candidate, tokenizer, prompts, answers, batch_size)
     kls = [(r.exp() * (r - c)).sum(-1) for r, c in zip(ref, cand) if len(r)]
     if not kls:
         return float("nan")

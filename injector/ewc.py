@@ -14,13 +14,17 @@ import torch
 
 def fisher_diagonal(model, batches, names: list[str]) -> dict[str, torch.Tensor]:
     """Mean squared gradient of the answer NLL per trainable parameter, over `batches` (dicts of tensors)."""
+    from tqdm.auto import tqdm
+
     params = dict(model.named_parameters())
     fisher = {n: torch.zeros_like(params[n], dtype=torch.float32) for n in names}
     was_training = model.training
     model.eval()  # no dropout: the Fisher of the deterministic model
+    device = next(model.parameters()).device
     count = 0
-    for batch in batches:
+    for batch in tqdm(batches, desc="Fisher", unit="batch", disable=len(batches) < 4):
         model.zero_grad(set_to_none=True)
+        batch = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask", "labels")}
         out = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"), labels=batch["labels"])
         out.loss.backward()
         for n in names:
@@ -39,9 +43,9 @@ def penalty(model, anchor: dict[str, torch.Tensor], fisher: dict[str, torch.Tens
     """sum_i F_i (theta_i - theta*_i)^2 over the anchored parameters (lambda applied by the caller)."""
     params = dict(model.named_parameters())
     total = None
-    for n, f in fisher.items():
+    for n, f in fisher.items():  # anchor and Fisher were placed on each parameter's device once (train.py)
         p = params[n]
-        term = (f.to(p.device) * (p - anchor[n].to(p.device)) ** 2).sum()
+        term = (f * (p - anchor[n]) ** 2).sum()
         total = term if total is None else total + term
     if total is None:
         return torch.zeros((), device=next(model.parameters()).device)
@@ -53,7 +57,7 @@ def save(path: Path, fisher: dict[str, torch.Tensor]) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in fisher.items()}, str(tmp))
+    save_file({k: v.detach().float().cpu().contiguous() for k, v in fisher.items()}, str(tmp))
     tmp.replace(path)
 
 

@@ -135,10 +135,48 @@ def resolve_base(name: str, models_dir: Path) -> BaseModelRef:
     return BaseModelRef(name=name, path=str(path), sha256=_weights_sha256(path))
 
 
+# --- the device/dtype policy, in one place --------------------------------------------------------------------------
 def device() -> str:
+    """This process's device: its own GPU under torchrun/accelerate (LOCAL_RANK), else the first; or the CPU."""
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if not torch.cuda.is_available():
+        return "cpu"
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+
+
+def weights_dtype():
+    """bf16 weights on a GPU that has bf16 (half the memory of fp32; adapters stay fp32, PEFT upcasts them);
+    fp32 on the CPU, where bf16 matmuls are ~100x slower without AVX512-BF16 (docs/BENCHMARKS.md)."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True  # the fp32 parts (adapters, loss) on tensor cores
+        torch.backends.cudnn.allow_tf32 = True
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def peak_memory_mib(reset: bool = False) -> float | None:
+    """Peak allocated GPU memory since the last reset, in MiB; None without CUDA."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    if reset:
+        torch.cuda.reset_peak_memory_stats()
+    return torch.cuda.max_memory_allocated() / 2**20
+
+
+def free_memory() -> None:
+    """Return what dead model copies held (between plan, train and judge: one copy alive where one is enough)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def load_tokenizer(path: str):
@@ -152,11 +190,11 @@ def load_tokenizer(path: str):
 
 
 def load_base(ref: BaseModelRef, quantization: str = "none"):
-    """The base model in eval mode, fp32 on CPU (bf16 autocast happens in training), or nf4 via bitsandbytes."""
+    """The base model in eval mode: bf16 on a GPU, fp32 on the CPU (`weights_dtype`), or nf4 via bitsandbytes."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    kwargs: dict = {"dtype": torch.float32}
+    kwargs: dict = {"dtype": weights_dtype()}
     if quantization == "nf4":
         if not torch.cuda.is_available():
             raise InjectorError("model.quantization=nf4 needs a CUDA GPU (bitsandbytes); use model.quantization=none")
@@ -170,7 +208,7 @@ def load_base(ref: BaseModelRef, quantization: str = "none"):
             "quantization_config": BitsAndBytesConfig(
                 load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
             ),
-            "device_map": {"": 0},
+            "device_map": {"": device()},
         }
     try:
         model = AutoModelForCausalLM.from_pretrained(ref.path, **kwargs)

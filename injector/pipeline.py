@@ -55,6 +55,7 @@ class TrainOutcome:
     run_id: str | None = None
     wall_s: float = 0.0
     stage_s: dict = field(default_factory=dict)
+    peak_gpu_mib: float | None = None  # peak allocated GPU memory of the night (None on the CPU)
 
     @property
     def noop(self) -> bool:
@@ -215,8 +216,10 @@ def start_run(plan: Plan, cfg: Config, home: Home | None = None) -> str:
 
 def train_candidate(plan: Plan, cfg: Config, home: Home, run_id: str, resume: bool = False) -> TrainResult:
     """LoRA-train the plan's pairs from the champion's adapter (or a fresh one), per-step metrics to MLflow."""
+    from injector.models import free_memory
     from injector.train import train_lora
 
+    free_memory()  # the plan's reference model is gone: give its memory back before training loads its copy
     replay = [p for p in plan.pairs if p.origin == "replay"]
     key = model_key(plan.base.sha256, plan.current if plan.init_adapter else None)
     ewc_spec = EwcSpec(cfg.train.ewc_lambda, tuple(replay), home.cache / f"fisher-{key}-"
@@ -229,20 +232,30 @@ def train_candidate(plan: Plan, cfg: Config, home: Home, run_id: str, resume: bo
 
 
 def judge_candidate(plan: Plan, result: TrainResult, cfg: Config, home: Home) -> tuple[EvalReport, GateDecision]:
-    """Answer the same probes with the candidate, measure PPL and KL drift, and run the gate."""
-    from injector.evaluate import evaluate, kl_drift
-    from injector.models import load_tokenizer, load_with_adapter
+    """Answer the same probes with the candidate, measure PPL and KL drift, and run the gate.
 
+    One model in memory at a time: the reference's log-probs for the KL check first, then the candidate."""
+    from injector.evaluate import answer_logprobs, evaluate, kl_from
+    from injector.models import free_memory, load_tokenizer, load_with_adapter
+
+    free_memory()
     tokenizer = load_tokenizer(plan.base.path)
+    ref_logp = None
+    loc = [r for r in plan.before.results if r.probe.kind == "locality"]
+    kl_args = ([r.probe.question for r in loc], [r.answer for r in loc])
+    if cfg.eval.kl:
+        reference = load_with_adapter(plan.base, plan.init_adapter, cfg.model.quantization)
+        ref_logp = answer_logprobs(reference, tokenizer, *kl_args, cfg.eval.batch_size)
+        del reference
+        free_memory()
     candidate = load_with_adapter(plan.base, result.adapter_dir, cfg.model.quantization)
     after = evaluate(candidate, tokenizer, list(plan.probes), cfg.eval.max_new_tokens, cfg.eval.batch_size,
                      cfg.eval.latency_samples)
     extra = _measure(candidate, tokenizer, cfg, home, list(plan.statements))
-    if cfg.eval.kl:
-        loc = [r for r in plan.before.results if r.probe.kind == "locality"]
-        reference = load_with_adapter(plan.base, plan.init_adapter, cfg.model.quantization)
-        extra["kl_drift"] = kl_drift(reference, candidate, tokenizer, [r.probe.question for r in loc],
-                                     [r.answer for r in loc], cfg.eval.batch_size)
+    if ref_logp is not None:
+        extra["kl_drift"] = kl_from(ref_logp, answer_logprobs(candidate, tokenizer, *kl_args, cfg.eval.batch_size))
+    del candidate
+    free_memory()
     after = replace(after, extra=extra)
     thresholds = load_thresholds(cfg.content_path(cfg.eval.dir) / "gate.yaml")
     decision = decide(metrics_of(after), thresholds, reference=metrics_of(plan.before),
@@ -308,7 +321,10 @@ def run_train(triples: list[Path] | None, cfg: Config, home: Home, log=print, re
 
     home.ensure()
     with single_flight(home.root, "injector train"):
+        from injector.models import peak_memory_mib
         from injector.preflight import run_preflight
+
+        peak_memory_mib(reset=True)
         from injector.readers import expand
 
         if triples:
@@ -325,14 +341,16 @@ def run_train(triples: list[Path] | None, cfg: Config, home: Home, log=print, re
             after, decision = stage("judge", judge_candidate, plan, result, cfg, home)
             version, promoted = stage("record", record_candidate, plan, result, after, decision, home, run_id, log)
             times["total"] = time.perf_counter() - t0
-            registry.log_metrics(run_id, {f"stage_{k}_s": v for k, v in times.items()})
+            peak = peak_memory_mib()
+            registry.log_metrics(run_id, {**{f"stage_{k}_s": v for k, v in times.items()},
+                                          **({"peak_gpu_mib": peak} if peak is not None else {})})
             registry.end_run(run_id, "FINISHED")
         except BaseException:
             registry.end_run(run_id, "FAILED")
             raise
     return TrainOutcome(ingest=ingest, before=plan.before, after=after, train=result, decision=decision,
                         version=version, promoted=promoted, previous_champion=plan.current, run_id=run_id,
-                        wall_s=time.perf_counter() - t0, stage_s=dict(times))
+                        wall_s=time.perf_counter() - t0, stage_s=dict(times), peak_gpu_mib=peak)
 
 
 def _measure(model, tokenizer, cfg: Config, home: Home, statements: list[str], key: str | None = None) -> dict:
@@ -416,7 +434,7 @@ def per_fact_accuracy(report: EvalReport) -> dict[str, float]:
 
 def outcome_summary(o: TrainOutcome) -> dict:
     out: dict = {"noop": o.noop, "exit_code": o.exit_code, "ingest": o.ingest.summary() if o.ingest else None,
-                 "wall_s": o.wall_s, "stage_s": o.stage_s}
+                 "wall_s": o.wall_s, "stage_s": o.stage_s, "peak_gpu_mib": o.peak_gpu_mib}
     if o.noop:
         return out
     return {**out, "version": o.version, "promoted": o.promoted, "previous_champion": o.previous_champion,

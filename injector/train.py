@@ -85,45 +85,48 @@ def _trainer_class():
         ewc_lambda: float = 0.0
         ewc_anchor: dict | None = None
         ewc_fisher: dict | None = None
-        last_ewc: float = 0.0
+        last_ewc = 0.0
         distill = None  # distill.Cycler of teacher batches
         distill_weight: float = 0.0
-        last_kd: float = 0.0
+        last_kd = 0.0
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            inner = self.accelerator.unwrap_model(model).get_base_model()
-            backbone = getattr(inner, inner.base_model_prefix)
-            hidden = backbone(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
-                              use_cache=False).last_hidden_state[:, :-1]
-            labels = inputs["labels"][:, 1:]
-            mask = labels != -100
-            logits = inner.get_output_embeddings()(hidden[mask]).float()
-            nll = torch.nn.functional.cross_entropy(logits, labels[mask], reduction="sum")
-            n = num_items_in_batch if num_items_in_batch is not None else mask.sum().clamp(min=1)
+            # through the (possibly DDP-wrapped) model's own forward, so that DDP arms its gradient all-reduce and
+            # model-specific logit processing (soft-capping, scaling) applies; `logits_to_keep` as a boolean mask
+            # applies the LM head to answer positions only (+20% tokens/s on CPU, measured on SmolLM2-135M)
+            labels = inputs["labels"]
+            keep = torch.zeros_like(labels, dtype=torch.bool)
+            keep[:, :-1] = labels[:, 1:] != -100
+            logits = model(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
+                           logits_to_keep=keep, use_cache=False).logits.float()
+            nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:][keep[:, :-1]],
+                                                    reduction="sum")
+            n = num_items_in_batch if num_items_in_batch is not None else keep.sum().clamp(min=1)
             loss = nll / n
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                # n counts the answer tokens of every rank, and DDP averages gradients over ranks: undo the average
+                # for this term only (EWC is the same on every rank; KD is a per-rank mean: both averaged as is)
+                loss = loss * self.accelerator.num_processes
+            steps = self.current_gradient_accumulation_steps if num_items_in_batch is not None else 1
             if self.ewc_lambda > 0 and self.ewc_fisher and model.training:
                 from injector import ewc
 
                 pen = ewc.penalty(self.accelerator.unwrap_model(model), self.ewc_anchor, self.ewc_fisher)
-                self.last_ewc = float(pen.detach())
-                steps = self.current_gradient_accumulation_steps if num_items_in_batch is not None else 1
+                self.last_ewc = pen.detach()  # a tensor: read at logging time, no host sync per step
                 loss = loss + self.ewc_lambda * pen / steps  # once per optimizer step in total
             if self.distill is not None and self.distill_weight > 0 and model.training:
                 from injector.distill import kd_loss
 
                 kd = kd_loss(self.accelerator.unwrap_model(model), self.distill.next())
-                self.last_kd = float(kd.detach())
-                steps = self.current_gradient_accumulation_steps if num_items_in_batch is not None else 1
+                self.last_kd = kd.detach()
                 loss = loss + self.distill_weight * kd / steps
-            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-                loss = loss * self.accelerator.num_processes  # DDP averages gradients across ranks
             return (loss, None) if return_outputs else loss
 
         def log(self, logs, *args, **kwargs):
             if self.ewc_lambda > 0 and "loss" in logs:
-                logs["ewc_penalty"] = self.last_ewc
+                logs["ewc_penalty"] = float(self.last_ewc)
             if self.distill is not None and "loss" in logs:
-                logs["kd"] = self.last_kd
+                logs["kd"] = float(self.last_kd)
             super().log(logs, *args, **kwargs)
 
     return InjectorTrainer
@@ -338,16 +341,25 @@ def train_lora(
         if type(cb) is ProgressCallback:
             trainer.remove_callback(cb)
     if ewc_spec is not None and ewc_spec.lam > 0 and ewc_spec.replay:
-        names = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
-        trainer.ewc_fisher = _fisher(trainer, ewc_spec, names)
-        trainer.ewc_anchor = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if n in names}
+        params = {n: p for n, p in trainer.model.named_parameters() if p.requires_grad}
+        fisher = _fisher(trainer, ewc_spec, list(params))
+        trainer.ewc_fisher = {n: f.to(params[n].device, params[n].dtype) for n, f in fisher.items()}
+        trainer.ewc_anchor = {n: p.detach().clone() for n, p in params.items()}
         trainer.ewc_lambda = ewc_spec.lam
     replay = [p for p in train_pairs if p.origin == "replay"]
     if cfg.distill_weight > 0 and replay:
         trainer.distill, trainer.distill_weight = _teacher(trainer, cfg, replay), cfg.distill_weight
 
     start = time.perf_counter()
-    output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    try:
+        output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    except BaseException:
+        for cb in trainer.callback_handler.callbacks:  # close the bars now: the error is the last line printed
+            for bar in ("training_bar", "prediction_bar"):
+                if getattr(cb, bar, None) is not None:
+                    getattr(cb, bar).close()
+                    setattr(cb, bar, None)
+        raise
     wall = time.perf_counter() - start
     epochs_done = float(trainer.state.epoch or cfg.epochs)
     adapter_dir = out_dir / "adapter"

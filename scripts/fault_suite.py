@@ -59,8 +59,8 @@ class Ctx:
                 "eval.kl=false", f"eval.dir={self.eval_dir}", "recipes.new=1", *extra]
 
     def run(self, home: Path, *args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-        e = {**os.environ, "INJECTOR_HOME": str(home), "HF_HUB_OFFLINE": "1", **(env or {})}
-        e.pop("MLFLOW_TRACKING_URI", None)
+        e = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+        e.update({"INJECTOR_HOME": str(home), "HF_HUB_OFFLINE": "1", **(env or {})})
         return subprocess.run([INJECTOR, *map(str, args)], capture_output=True, text=True, timeout=timeout,
                               env=e, cwd=ROOT)
 
