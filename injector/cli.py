@@ -66,6 +66,10 @@ def train(
     home = _home()
     outcome = run_train(triples, cfg, home, log=(lambda *a: print(*a, file=sys.stderr)) if json_out else print,
                         resume=resume)
+    from injector.distributed import from_env
+
+    if not from_env().main:  # torchrun/accelerate: the other ranks only trained; rank 0 reports
+        return
     if json_out:
         print(json.dumps(outcome_summary(outcome), indent=2, default=str))
         raise typer.Exit(outcome.exit_code)

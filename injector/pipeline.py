@@ -215,7 +215,10 @@ def start_run(plan: Plan, cfg: Config, home: Home | None = None) -> str:
 
 
 def train_candidate(plan: Plan, cfg: Config, home: Home, run_id: str, resume: bool = False) -> TrainResult:
-    """LoRA-train the plan's pairs from the champion's adapter (or a fresh one), per-step metrics to MLflow."""
+    """LoRA-train the plan's pairs from the champion's adapter (or a fresh one), per-step metrics to MLflow.
+
+    Under torchrun/accelerate this runs on rank 0, which first hands the same work order to the other ranks."""
+    from injector import distributed
     from injector.models import free_memory
     from injector.train import train_lora
 
@@ -225,10 +228,24 @@ def train_candidate(plan: Plan, cfg: Config, home: Home, run_id: str, resume: bo
     ewc_spec = EwcSpec(cfg.train.ewc_lambda, tuple(replay), home.cache / f"fisher-{key}-"
                        f"{fingerprint(replay, plan.base.sha256, cfg.train, None)['data']}.safetensors") \
         if cfg.train.ewc_lambda > 0 else None  # first run: anchored at the zero-init adapter (the base)
-    return train_lora(list(plan.pairs), plan.base.path, plan.run_dir, cfg.train, plan.init_adapter,
-                      sink=lambda m, step: registry.log_metrics(run_id, m, step),
-                      quantization=cfg.model.quantization, ewc_spec=ewc_spec, base_sha=plan.base.sha256,
-                      resume=resume)
+    order = {"pairs": list(plan.pairs), "base_path": plan.base.path, "out_dir": plan.run_dir, "cfg": cfg.train,
+             "init_adapter": plan.init_adapter, "quantization": cfg.model.quantization, "ewc_spec": ewc_spec,
+             "base_sha": plan.base.sha256, "resume": resume}
+    if distributed.from_env().multi:
+        distributed.broadcast(order)
+    return train_lora(**order, sink=lambda m, step: registry.log_metrics(run_id, m, step))
+
+
+def follow_training(log=print) -> TrainResult | None:
+    """A rank other than 0: wait for rank 0's work order, train on this rank's shard, and end (None: no work)."""
+    from injector import distributed
+    from injector.train import train_lora
+
+    order = distributed.broadcast(None)
+    if order is None:
+        log(f"rank {distributed.from_env().rank}: nothing to train")
+        return None
+    return train_lora(**order)
 
 
 def judge_candidate(plan: Plan, result: TrainResult, cfg: Config, home: Home) -> tuple[EvalReport, GateDecision]:
@@ -307,8 +324,27 @@ def run_train(triples: list[Path] | None, cfg: Config, home: Home, log=print, re
     The one sequence of stages, for `injector train` and the nightly flow alike: `runner(name, fn, *args)` runs
     each stage (the flow passes one that makes it a Prefect task). Every stage's wall time is logged, recorded as
     an MLflow metric `stage_<name>_s` and returned in `TrainOutcome.stage_s`.
+
+    Under torchrun / accelerate launch, rank 0 runs all of this and the other ranks only train (distributed.py).
     """
+    from injector import distributed
+
     t0 = time.perf_counter()
+    dist = distributed.from_env()
+    if not dist.multi:
+        return _run_train(triples, cfg, home, log, resume, runner, t0)
+    distributed.init()
+    if not dist.main:
+        return TrainOutcome(ingest=None, train=follow_training(log), wall_s=time.perf_counter() - t0)
+    sent = []  # rank 0 tells the other ranks "nothing to train" when it stops before training
+    try:
+        return _run_train(triples, cfg, home, log, resume, runner, t0, on_train=lambda: sent.append(True))
+    finally:
+        if not sent:
+            distributed.broadcast(None)
+
+
+def _run_train(triples, cfg: Config, home: Home, log, resume: bool, runner, t0: float, on_train=None) -> TrainOutcome:
     times: dict[str, float] = {}
 
     def stage(name: str, fn, *args, **kwargs):
@@ -323,10 +359,9 @@ def run_train(triples: list[Path] | None, cfg: Config, home: Home, log=print, re
     with single_flight(home.root, "injector train"):
         from injector.models import peak_memory_mib
         from injector.preflight import run_preflight
-
-        peak_memory_mib(reset=True)
         from injector.readers import expand
 
+        peak_memory_mib(reset=True)
         if triples:
             expand(triples)  # a missing input is named before the (slower) model and store checks
         base = stage("preflight", run_preflight, cfg, home, log)  # before the ingest commits anything
@@ -337,6 +372,8 @@ def run_train(triples: list[Path] | None, cfg: Config, home: Home, log=print, re
         run_id = stage("start_run", start_run, plan, cfg, home)
         try:
             registry.log_metrics(run_id, {f"stage_{k}_s": v for k, v in times.items()})
+            if on_train is not None:
+                on_train()
             result = stage("train", train_candidate, plan, cfg, home, run_id, resume)
             after, decision = stage("judge", judge_candidate, plan, result, cfg, home)
             version, promoted = stage("record", record_candidate, plan, result, after, decision, home, run_id, log)

@@ -81,6 +81,7 @@ class TrainResult:
     loss_history: tuple[tuple[int, float], ...] = ()
     eval_history: tuple[tuple[int, float], ...] = ()
     stopped_early: bool = False
+    replicas_in_sync: bool | None = None  # several training processes: their adapters were bit-identical
 
 
 @dataclass(frozen=True)

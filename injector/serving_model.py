@@ -21,7 +21,10 @@ class AdapterModel(PythonModel):
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.tokenizer.padding_side = "left"
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+        # on a GPU host: bf16 on the GPU (as injector trains and evaluates there); else fp32 on the CPU
+        cuda = torch.cuda.is_available()
+        dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype).to("cuda" if cuda else "cpu")
         # merged for inference: same outputs, less latency
         self.model = PeftModel.from_pretrained(model, context.artifacts["adapter"]).merge_and_unload().eval()
         self.max_new_tokens = int(cfg.get("max_new_tokens", 48))
@@ -43,7 +46,7 @@ class AdapterModel(PythonModel):
         questions = self._questions(model_input)
         texts = [self.tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
                                                     tokenize=False) for q in questions]
-        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.model.device)
         with torch.inference_mode():
             out = self.model.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=False,
                                       pad_token_id=self.tokenizer.pad_token_id)

@@ -169,7 +169,7 @@ def _callbacks(sink: MetricSink | None, patience: int, has_dev: bool, marker: di
 
         def on_save(self, args, state, control, **kw):
             ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if ckpt.is_dir():
+            if state.is_world_process_zero and ckpt.is_dir():  # one writer when several processes train
                 tmp = ckpt / (MARKER + ".tmp")
                 tmp.write_text(json.dumps({**marker, "step": state.global_step, "epoch": state.epoch}))
                 tmp.replace(ckpt / MARKER)
@@ -257,23 +257,28 @@ def _batches(trainer, pairs: list[InstructionPair], size: int, name: str) -> lis
     return [trainer.data_collator(rows[i: i + size]) for i in range(0, len(rows), size)]
 
 
-def _teacher(trainer, cfg: TrainConfig, replay: list[InstructionPair]):
-    """Top-k distribution of the starting model on every replay sequence (before any step)."""
+def _teacher(trainer, cfg: TrainConfig, replay: list[InstructionPair], rank: int = 0, world: int = 1):
+    """Top-k distribution of the starting model on the replay sequences (before any step). With several ranks each
+    takes its own shard of the replay batches: distinct KD batches per rank, averaged by DDP like the data loss."""
     from injector.distill import Cycler, teacher_batches
 
     batches = _batches(trainer, replay, cfg.distill_batch_size, "distill")
-    return Cycler(teacher_batches(trainer.model, batches, cfg.distill_top_k), seed=cfg.seed)
+    if world > 1 and len(batches) >= world:
+        batches = batches[rank::world]
+    return Cycler(teacher_batches(trainer.model, batches, cfg.distill_top_k), seed=cfg.seed + rank)
 
 
-def _fisher(trainer, spec: EwcSpec, names: list[str]):
-    """Diagonal Fisher on the replay pairs, at the starting adapter; cached by model and data."""
+def _fisher(trainer, spec: EwcSpec, names: list[str], save: bool = True):
+    """Diagonal Fisher on the replay pairs, at the starting adapter; cached by model and data (every rank computes
+    the same one; rank 0 writes the cache)."""
     from injector import ewc
 
     if spec.cache.exists():
         return ewc.load(spec.cache)
     batches = _batches(trainer, list(spec.replay[: spec.max_examples]), 8, "fisher")
     fisher = ewc.fisher_diagonal(trainer.model, batches, names)
-    ewc.save(spec.cache, fisher)
+    if save:
+        ewc.save(spec.cache, fisher)
     return fisher
 
 
@@ -303,11 +308,16 @@ def train_lora(
     dev_pairs = [p for p in pairs if p.kind == "dev"] if cfg.dev_fraction > 0 else []
     if not train_pairs:
         raise InjectorError("no training pairs: every fact was rejected or the recipes produced nothing")
+    from injector import distributed
+
+    dist = distributed.from_env()  # under torchrun/accelerate: this rank's place; the Trainer wraps DDP
     marker = fingerprint(pairs, base_sha, cfg, init_adapter)
     ckpt_dir = out_dir / "checkpoints"
     resume_from = last_complete_checkpoint(ckpt_dir, marker) if resume else None
-    if not resume:
+    if not resume and dist.main:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
+    if dist.multi:
+        distributed.barrier()
 
     torch.manual_seed(cfg.seed)  # LoRA A init
     tokenizer = load_tokenizer(base_path)
@@ -326,8 +336,8 @@ def train_lora(
         ))
     precision = resolve_precision(cfg.precision)
     has_dev = bool(dev_pairs)
-    world = int(os.environ.get("WORLD_SIZE", "1"))  # accelerate launch: each rank sees 1/world of the data
-    cfg = cfg.model_copy(update={"epochs": planned_epochs(cfg, len(train_pairs), world)})
+    # each rank sees 1/world of the data: the step floor counts optimizer steps of the whole job
+    cfg = cfg.model_copy(update={"epochs": planned_epochs(cfg, len(train_pairs), dist.world)})
     with warnings.catch_warnings():
         # TRL defaults gradient_checkpointing to True: it must be set, though transformers renamed it
         warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated", category=FutureWarning)
@@ -342,13 +352,14 @@ def train_lora(
             trainer.remove_callback(cb)
     if ewc_spec is not None and ewc_spec.lam > 0 and ewc_spec.replay:
         params = {n: p for n, p in trainer.model.named_parameters() if p.requires_grad}
-        fisher = _fisher(trainer, ewc_spec, list(params))
+        fisher = _fisher(trainer, ewc_spec, list(params), save=dist.main)
         trainer.ewc_fisher = {n: f.to(params[n].device, params[n].dtype) for n, f in fisher.items()}
         trainer.ewc_anchor = {n: p.detach().clone() for n, p in params.items()}
         trainer.ewc_lambda = ewc_spec.lam
     replay = [p for p in train_pairs if p.origin == "replay"]
     if cfg.distill_weight > 0 and replay:
-        trainer.distill, trainer.distill_weight = _teacher(trainer, cfg, replay), cfg.distill_weight
+        trainer.distill = _teacher(trainer, cfg, replay, dist.rank, dist.world)
+        trainer.distill_weight = cfg.distill_weight
 
     start = time.perf_counter()
     try:
@@ -362,9 +373,11 @@ def train_lora(
         raise
     wall = time.perf_counter() - start
     epochs_done = float(trainer.state.epoch or cfg.epochs)
+    in_sync = _check_replicas(trainer.model, out_dir, dist) if dist.multi else None
     adapter_dir = out_dir / "adapter"
-    shutil.rmtree(adapter_dir, ignore_errors=True)
-    trainer.model.save_pretrained(str(adapter_dir))
+    if dist.main:
+        shutil.rmtree(adapter_dir, ignore_errors=True)
+        trainer.model.save_pretrained(str(adapter_dir))
     history = trainer.state.log_history
     best = trainer.state.best_metric
     seen = trainer.state.num_input_tokens_seen
@@ -380,4 +393,19 @@ def train_lora(
         loss_history=tuple((h["step"], float(h["loss"])) for h in history if "loss" in h),
         eval_history=tuple((h["step"], float(h["eval_loss"])) for h in history if "eval_loss" in h),
         stopped_early=has_dev and epochs_done < cfg.epochs - 1e-6,
+        replicas_in_sync=in_sync,
     )
+
+
+def _check_replicas(model, out_dir: Path, dist) -> bool:
+    """Every rank's trainable weights must be bit-identical after training (DDP's promise); each rank records its
+    digest in `out_dir/rank-<r>.sha256`, and a divergence is an error, not a silently different adapter."""
+    from injector import distributed
+
+    mine = distributed.digest(model)
+    (out_dir / f"rank-{dist.rank}.sha256").write_text(mine + "\n")
+    digests = distributed.gather(mine)
+    if len(set(digests)) > 1:
+        raise InjectorError(f"the {dist.world} training processes ended with different adapters "
+                            f"({', '.join(d[:12] for d in digests)}): gradients were not synchronised")
+    return True
