@@ -91,12 +91,43 @@ def measure_latency(model, tokenizer, probes: Sequence[Probe], max_new_tokens: i
     return statistics.median(times), p95
 
 
+SHORT_ANSWER_KINDS = ("efficacy", "generalisation", "reverse", "changed", "retention")
+_SLACK = 10  # tokens beyond the expected answer: room for "The capital of X is ..." before the answer
+
+
+def budgets(tokenizer, probes: Sequence[Probe], max_new_tokens: int) -> list[int]:
+    """Per-probe decode budget: a fact probe expects a short entity (a few tokens), so it stops at the answer's
+    length plus slack instead of the full budget; other probes (general knowledge) keep the full budget."""
+    out = []
+    for p in probes:
+        if p.kind in SHORT_ANSWER_KINDS and p.answers:
+            n = max(len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in p.answers)
+            out.append(min(max_new_tokens, n + _SLACK))
+        else:
+            out.append(max_new_tokens)
+    return out
+
+
 def evaluate(model, tokenizer, probes: Sequence[Probe], max_new_tokens: int = 32, batch_size: int = 32,
-             latency_samples: int = 10, progress: bool = True) -> EvalReport:
-    """Answer every probe by generation and judge it; measure single-probe latency."""
+             latency_samples: int = 10, progress: bool = True, known: dict[str, str] | None = None) -> EvalReport:
+    """Answer every probe by generation and judge it; measure single-probe latency.
+
+    `known`: answers this same model gave before, by question (a cache); those probes are not generated again.
+    Probes are batched by decode budget (short fact answers apart from open questions), so that a batch of 3-token
+    answers does not decode until one long answer ends."""
     t0 = time.perf_counter()
-    answers = generate(model, tokenizer, [_chat(p) for p in probes], max_new_tokens, batch_size, progress)
-    results = tuple(ProbeResult(probe=p, answer=a, correct=judge(p, a)) for p, a in zip(probes, answers))
+    known = known or {}
+    todo = [i for i, p in enumerate(probes) if not (p.question in known and not p.messages)]
+    limits = budgets(tokenizer, [probes[i] for i in todo], max_new_tokens)
+    pending = set(todo)
+    answers = {i: known[p.question] for i, p in enumerate(probes) if i not in pending}
+    for budget in sorted(set(limits)):
+        idx = [i for i, b in zip(todo, limits) if b == budget]
+        for i, a in zip(idx, generate(model, tokenizer, [_chat(probes[i]) for i in idx], budget, batch_size,
+                                      progress)):
+            answers[i] = a
+    results = tuple(ProbeResult(probe=p, answer=answers[i], correct=judge(p, answers[i]))
+                    for i, p in enumerate(probes))
     wall = time.perf_counter() - t0
     p50, p95 = measure_latency(model, tokenizer, probes, max_new_tokens, latency_samples)
     return EvalReport(results=results, latency_ms_p50=p50, latency_ms_p95=p95, hardware=hardware(), wall_s=wall)
@@ -120,11 +151,14 @@ def perplexity(model, tokenizer, texts: Sequence[str], max_len: int = 256, batch
                 total += len(w)
     if not windows:
         return float("nan")
+    from tqdm.auto import tqdm
+
     dev = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     nll, count = 0.0, 0
     windows.sort(key=len)
-    for i in range(0, len(windows), batch_size):
+    steps = range(0, len(windows), batch_size)
+    for i in tqdm(steps, desc="perplexity", unit="batch", disable=len(steps) < 8):
         chunk = windows[i: i + batch_size]
         width = max(map(len, chunk))
         ids = torch.full((len(chunk), width), pad, dtype=torch.long)
@@ -145,11 +179,13 @@ def perplexity(model, tokenizer, texts: Sequence[str], max_len: int = 256, batch
 def answer_logprobs(model, tokenizer, prompts: Sequence[str], answers: Sequence[str], batch_size: int):
     """Per-answer-token log-softmax over the vocabulary, teacher-forced, one tensor per (prompt, answer)."""
     import torch
+    from tqdm.auto import tqdm
 
     tokenizer.padding_side = "right"
     out = []
     dev = next(model.parameters()).device
-    for i in range(0, len(prompts), batch_size):
+    steps = range(0, len(prompts), batch_size)
+    for i in tqdm(steps, desc="KL log-probs", unit="batch", disable=len(steps) < 4):
         ps, ans = prompts[i: i + batch_size], answers[i: i + batch_size]
         heads = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
                                                tokenize=False) for p in ps]

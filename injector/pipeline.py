@@ -21,6 +21,7 @@ from injector.lock import single_flight
 from injector.probes import read_questions
 from injector.records import EvalReport, GateDecision, TrainResult
 from injector.replay import model_key, retention_probes
+from injector.timing import collecting, timed
 from injector.train import EwcSpec, fingerprint
 
 
@@ -56,6 +57,7 @@ class TrainOutcome:
     wall_s: float = 0.0
     stage_s: dict = field(default_factory=dict)
     peak_gpu_mib: float | None = None  # peak allocated GPU memory of the night (None on the CPU)
+    part_s: dict = field(default_factory=dict)  # parts of the stages: replay self-distillation, teacher pass, ...
 
     @property
     def noop(self) -> bool:
@@ -174,13 +176,14 @@ def plan_candidate(cfg: Config, home: Home, log=print, triples: list[Path] | Non
     if not changes:
         log("no-op: no pending facts to train; no new model version")
         return None
-    recipes = load_recipes(cfg.content_path(cfg.recipes.dir), cfg.recipes.language)
-    pairs = build_pairs(changes, recipes, seed=cfg.train.seed)
-    probes = build_probes(changes, recipes)
-    probes += retention_probes(earlier, recipes, cfg.eval.retention_samples, cfg.train.seed)
-    if cfg.eval.locality:
-        probes += read_questions(cfg.content_path(cfg.eval.dir) / f"locality.{cfg.recipes.language}.jsonl",
-                                 default_kind="locality")
+    with timed("recipes"):
+        recipes = load_recipes(cfg.content_path(cfg.recipes.dir), cfg.recipes.language)
+        pairs = build_pairs(changes, recipes, seed=cfg.train.seed)
+        probes = build_probes(changes, recipes)
+        probes += retention_probes(earlier, recipes, cfg.eval.retention_samples, cfg.train.seed)
+        if cfg.eval.locality:
+            probes += read_questions(cfg.content_path(cfg.eval.dir) / f"locality.{cfg.recipes.language}.jsonl",
+                                     default_kind="locality")
 
     base = base or resolve_base(cfg.model.base, home.models)
     registry.connect(home)
@@ -193,16 +196,23 @@ def plan_candidate(cfg: Config, home: Home, log=print, triples: list[Path] | Non
             log(f"champion v{current} was trained on another base model; starting from the base")
     tokenizer = load_tokenizer(base.path)
     reference = load_with_adapter(base, init_adapter, cfg.model.quantization)
-    pairs += _replay(pairs, changes, earlier, recipes, cfg, reference, tokenizer, home, base.sha256,
-                     current if init_adapter else None)
+    with timed("replay_self_distill"):
+        pairs += _replay(pairs, changes, earlier, recipes, cfg, reference, tokenizer, home, base.sha256,
+                         current if init_adapter else None)
     n_new = sum(p.origin == "new" and p.kind != "dev" for p in pairs)
     log(f"{len(changes)} facts to inject: {n_new} new + {sum(p.origin == 'replay' for p in pairs)} replay pairs, "
         f"{len(probes)} probes")
-    before = evaluate(reference, tokenizer, probes, cfg.eval.max_new_tokens, cfg.eval.batch_size,
-                      cfg.eval.latency_samples)
-    statements = [statement_of(c.triple, recipes) for c in changes]
     ref_key = model_key(base.sha256, current if init_adapter else None)
-    before = replace(before, extra=_measure(reference, tokenizer, cfg, home, statements, ref_key))
+    known = _load_answers(home, ref_key, cfg)  # the reference's general-knowledge answers, judged the night before
+    if known:
+        log(f"reusing {sum(p.question in known for p in probes)} cached reference answers ({ref_key})")
+    with timed("reference_eval"):
+        before = evaluate(reference, tokenizer, probes, cfg.eval.max_new_tokens, cfg.eval.batch_size,
+                          cfg.eval.latency_samples, known=known)
+    _save_answers(home, ref_key, cfg, before)
+    statements = [statement_of(c.triple, recipes) for c in changes]
+    with timed("reference_ppl"):
+        before = replace(before, extra=_measure(reference, tokenizer, cfg, home, statements, ref_key))
     return Plan(tuple(changes), tuple(pairs), tuple(probes), tuple(statements), base, current, init_adapter, before,
                 _run_dir(home, resume), tuple(map(str, triples or ())))
 
@@ -261,16 +271,21 @@ def judge_candidate(plan: Plan, result: TrainResult, cfg: Config, home: Home) ->
     loc = [r for r in plan.before.results if r.probe.kind == "locality"]
     kl_args = ([r.probe.question for r in loc], [r.answer for r in loc])
     if cfg.eval.kl:
-        reference = load_with_adapter(plan.base, plan.init_adapter, cfg.model.quantization)
-        ref_logp = answer_logprobs(reference, tokenizer, *kl_args, cfg.eval.batch_size)
-        del reference
-        free_memory()
+        with timed("reference_kl"):
+            reference = load_with_adapter(plan.base, plan.init_adapter, cfg.model.quantization)
+            ref_logp = answer_logprobs(reference, tokenizer, *kl_args, cfg.eval.batch_size)
+            del reference
+            free_memory()
     candidate = load_with_adapter(plan.base, result.adapter_dir, cfg.model.quantization)
-    after = evaluate(candidate, tokenizer, list(plan.probes), cfg.eval.max_new_tokens, cfg.eval.batch_size,
-                     cfg.eval.latency_samples)
-    extra = _measure(candidate, tokenizer, cfg, home, list(plan.statements))
+    with timed("candidate_eval"):
+        after = evaluate(candidate, tokenizer, list(plan.probes), cfg.eval.max_new_tokens, cfg.eval.batch_size,
+                         cfg.eval.latency_samples)
+    with timed("candidate_ppl"):
+        extra = _measure(candidate, tokenizer, cfg, home, list(plan.statements))
     if ref_logp is not None:
-        extra["kl_drift"] = kl_from(ref_logp, answer_logprobs(candidate, tokenizer, *kl_args, cfg.eval.batch_size))
+        with timed("candidate_kl"):
+            extra["kl_drift"] = kl_from(ref_logp, answer_logprobs(candidate, tokenizer, *kl_args,
+                                                                  cfg.eval.batch_size))
     del candidate
     free_memory()
     after = replace(after, extra=extra)
@@ -281,7 +296,7 @@ def judge_candidate(plan: Plan, result: TrainResult, cfg: Config, home: Home) ->
 
 
 def record_candidate(plan: Plan, result: TrainResult, after: EvalReport, decision: GateDecision, home: Home,
-                     run_id: str, log=print) -> tuple[str, bool]:
+                     run_id: str, log=print, cfg: Config | None = None) -> tuple[str, bool]:
     """Register the candidate (always), move `champion` if the gate passed, write the ledger. -> (version, promoted)"""
     from injector.report import write_run_report
 
@@ -295,8 +310,12 @@ def record_candidate(plan: Plan, result: TrainResult, after: EvalReport, decisio
             "triples": ",".join(plan.triples), "run_id": run_id,
             **{f"gate.{c.name}": f"{c.value:.4f} {c.op} {c.bound:g}: {'pass' if c.passed else 'FAIL'}"
                for c in decision.checks}}
-    version = registry.log_adapter(run_id, result.adapter_dir, plan.base.path, tags)
-    promoted = decision.passed and registry.move_champion(version, plan.current, "gate passed")
+    with timed("registration"):
+        version = registry.log_adapter(run_id, result.adapter_dir, plan.base.path, tags)
+        promoted = decision.passed and registry.move_champion(version, plan.current, "gate passed")
+    if promoted:  # tomorrow's reference is this candidate: its general-knowledge answers and PPL are known now
+        _save_answers(home, model_key(plan.base.sha256, version), cfg, after)
+        _save_ppl(home, model_key(plan.base.sha256, version), cfg, after.extra.get("general_ppl"))
     if decision.passed and not promoted:
         log("the champion changed while this run was gated; not promoted (run `injector promote` to re-gate)")
     ledger = Ledger(home.ledger)
@@ -345,6 +364,15 @@ def run_train(triples: list[Path] | None, cfg: Config, home: Home, log=print, re
 
 
 def _run_train(triples, cfg: Config, home: Home, log, resume: bool, runner, t0: float, on_train=None) -> TrainOutcome:
+    with collecting() as parts:
+        out = _run_stages(triples, cfg, home, log, resume, runner, t0, on_train, parts)
+    if parts:
+        log("time by part: " + ", ".join(f"{k} {v:.1f} s" for k, v in parts.items()))
+    return replace(out, part_s=dict(parts))
+
+
+def _run_stages(triples, cfg: Config, home: Home, log, resume: bool, runner, t0: float, on_train,
+                parts: dict) -> TrainOutcome:
     times: dict[str, float] = {}
 
     def stage(name: str, fn, *args, **kwargs):
@@ -376,10 +404,12 @@ def _run_train(triples, cfg: Config, home: Home, log, resume: bool, runner, t0: 
                 on_train()
             result = stage("train", train_candidate, plan, cfg, home, run_id, resume)
             after, decision = stage("judge", judge_candidate, plan, result, cfg, home)
-            version, promoted = stage("record", record_candidate, plan, result, after, decision, home, run_id, log)
+            version, promoted = stage("record", record_candidate, plan, result, after, decision, home, run_id, log,
+                                      cfg)
             times["total"] = time.perf_counter() - t0
             peak = peak_memory_mib()
             registry.log_metrics(run_id, {**{f"stage_{k}_s": v for k, v in times.items()},
+                                          **{f"part_{k}_s": v for k, v in parts.items()},
                                           **({"peak_gpu_mib": peak} if peak is not None else {})})
             registry.end_run(run_id, "FINISHED")
         except BaseException:
@@ -390,6 +420,47 @@ def _run_train(triples, cfg: Config, home: Home, log, resume: bool, runner, t0: 
                         wall_s=time.perf_counter() - t0, stage_s=dict(times), peak_gpu_mib=peak)
 
 
+def _answers_file(home: Home, key: str, cfg: Config) -> Path:
+    return home.cache / f"answers-{key}-{cfg.eval.max_new_tokens}.json"
+
+
+def _load_answers(home: Home, key: str, cfg: Config) -> dict[str, str]:
+    """A model's cached answers to the general-knowledge (locality) probes: they depend only on the model and the
+    probe, so a champion judged last night need not answer them again tonight."""
+    import json
+
+    f = _answers_file(home, key, cfg)
+    try:
+        return json.loads(f.read_text())["answers"] if f.exists() else {}
+    except (ValueError, KeyError):
+        return {}
+
+
+def _save_answers(home: Home, key: str, cfg: Config | None, report: EvalReport) -> None:
+    import json
+
+    if cfg is None:
+        return
+    answers = {r.probe.question: r.answer for r in report.results
+               if r.probe.kind == "locality" and not r.probe.messages}
+    if answers:
+        f = _answers_file(home, key, cfg)
+        tmp = f.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"answers": {**_load_answers(home, key, cfg), **answers}}))
+        tmp.replace(f)
+
+
+def _ppl_file(home: Home, key: str, cfg: Config) -> Path:
+    return home.cache / f"ppl-{key}-{cfg.eval.ppl_max_tokens}.json"
+
+
+def _save_ppl(home: Home, key: str, cfg: Config | None, ppl) -> None:
+    import json
+
+    if cfg is not None and ppl is not None and cfg.eval.ppl_max_tokens:
+        _ppl_file(home, key, cfg).write_text(json.dumps({"general_ppl": ppl}))
+
+
 def _measure(model, tokenizer, cfg: Config, home: Home, statements: list[str], key: str | None = None) -> dict:
     """Perplexity on the general corpus (cached per reference model) and on the facts' statements."""
     import json
@@ -398,7 +469,7 @@ def _measure(model, tokenizer, cfg: Config, home: Home, statements: list[str], k
 
     out = {"fact_ppl": perplexity(model, tokenizer, statements, batch_size=cfg.eval.batch_size)}
     if cfg.eval.ppl_max_tokens:
-        cache = home.cache / f"ppl-{key}-{cfg.eval.ppl_max_tokens}.json" if key else None
+        cache = _ppl_file(home, key, cfg) if key else None
         if cache is not None and cache.exists():
             out["general_ppl"] = json.loads(cache.read_text())["general_ppl"]
         else:
@@ -471,7 +542,7 @@ def per_fact_accuracy(report: EvalReport) -> dict[str, float]:
 
 def outcome_summary(o: TrainOutcome) -> dict:
     out: dict = {"noop": o.noop, "exit_code": o.exit_code, "ingest": o.ingest.summary() if o.ingest else None,
-                 "wall_s": o.wall_s, "stage_s": o.stage_s, "peak_gpu_mib": o.peak_gpu_mib}
+                 "wall_s": o.wall_s, "stage_s": o.stage_s, "part_s": o.part_s, "peak_gpu_mib": o.peak_gpu_mib}
     if o.noop:
         return out
     return {**out, "version": o.version, "promoted": o.promoted, "previous_champion": o.previous_champion,

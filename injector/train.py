@@ -20,6 +20,7 @@ from pathlib import Path
 from injector.config import TrainConfig
 from injector.errors import InjectorError
 from injector.records import InstructionPair, TrainResult
+from injector.timing import timed
 
 MetricSink = Callable[[dict[str, float], int], None]
 MARKER = "injector-complete.json"  # written last into a checkpoint dir: its presence means complete
@@ -352,18 +353,21 @@ def train_lora(
             trainer.remove_callback(cb)
     if ewc_spec is not None and ewc_spec.lam > 0 and ewc_spec.replay:
         params = {n: p for n, p in trainer.model.named_parameters() if p.requires_grad}
-        fisher = _fisher(trainer, ewc_spec, list(params), save=dist.main)
+        with timed("fisher"):
+            fisher = _fisher(trainer, ewc_spec, list(params), save=dist.main)
         trainer.ewc_fisher = {n: f.to(params[n].device, params[n].dtype) for n, f in fisher.items()}
         trainer.ewc_anchor = {n: p.detach().clone() for n, p in params.items()}
         trainer.ewc_lambda = ewc_spec.lam
     replay = [p for p in train_pairs if p.origin == "replay"]
     if cfg.distill_weight > 0 and replay:
-        trainer.distill = _teacher(trainer, cfg, replay, dist.rank, dist.world)
+        with timed("teacher_pass"):
+            trainer.distill = _teacher(trainer, cfg, replay, dist.rank, dist.world)
         trainer.distill_weight = cfg.distill_weight
 
     start = time.perf_counter()
     try:
-        output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        with timed("training"):
+            output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     except BaseException:
         for cb in trainer.callback_handler.callbacks:  # close the bars now: the error is the last line printed
             for bar in ("training_bar", "prediction_bar"):

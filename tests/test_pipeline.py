@@ -101,3 +101,26 @@ def test_train_on_a_file_with_bad_lines_trains_the_good_ones(home, tiny_model_di
     quarantined = [json.loads(x) for x in open(out.ingest.quarantine)]
     assert [q["where"] for q in quarantined] == [f"{f}:5", f"{f}:6"]
     assert out.version == "1" and registry.version_tags("1")["n_facts"] == "4"
+
+
+def test_second_night_reuses_the_champions_judged_answers(home, tiny_model_dir, tmp_path, lenient_eval):
+    """The reference's general-knowledge answers depend only on (model, probe): the champion answered them when it
+    was judged, so the next night does not generate them again; every night reports its time by stage and part."""
+    from conftest import TINY_FACTS
+
+    cfg = tiny_config(tiny_model_dir, f"eval.dir={lenient_eval}", "eval.kl=false")
+    first, second = tmp_path / "1.jsonl", tmp_path / "2.jsonl"
+    first.write_text("".join(json.dumps(r) + "\n" for r in TINY_FACTS[:2]))
+    second.write_text("".join(json.dumps(r) + "\n" for r in TINY_FACTS[2:]))
+    out = run_train([first], cfg, home, log=lambda *a: None)
+    assert out.promoted, out.decision.table()
+    assert {"preflight", "ingest", "plan", "train", "judge", "record", "total"} <= set(out.stage_s)
+    assert {"recipes", "replay_self_distill", "reference_eval", "teacher_pass", "training", "candidate_eval",
+            "registration"} <= set(out.part_s)
+    lines: list[str] = []
+    again = run_train([second], cfg, home, log=lambda *a: lines.append(" ".join(map(str, a))))
+    n_locality = sum(r.probe.kind == "locality" for r in again.before.results)
+    assert n_locality > 0 and any(f"reusing {n_locality} cached reference answers" in x for x in lines), lines
+    # the reused answers are the ones the champion gave when it was judged
+    judged = {r.probe.question: r.answer for r in out.after.results if r.probe.kind == "locality"}
+    assert {r.probe.question: r.answer for r in again.before.results if r.probe.kind == "locality"} == judged
