@@ -21,6 +21,7 @@ app = typer.Typer(
 CONFIG = typer.Option(None, "--config", "-c", help="YAML config file (see examples/demo.yaml).")
 MASS_RETRACT = typer.Option(False, "--allow-mass-retraction", help="Snapshot mode: accept a drop that retracts more "
                                                                     "than ingest.max_retract_fraction of the facts.")
+JSON = typer.Option(False, "--json", help="Print one JSON object on stdout (logs go to stderr); see README.")
 OVERRIDES = typer.Argument(None, help="Dotted config overrides, e.g. train.epochs=3 train.lora.r=8.",
                            show_default=False)
 
@@ -120,6 +121,44 @@ def ingest(
 
 
 @app.command()
+def init(
+    directory: Path = typer.Argument(..., help="Where to write an editable copy of the content."),
+    force: bool = typer.Option(False, "--force", help="Overwrite files that exist."),
+    json_out: bool = JSON,
+) -> None:
+    """Write the default data_recipes/ and eval/ (templates, mix, anchors, probes, gate) and a config that uses them.
+
+    Edit the copy; run injector from DIRECTORY (content resolves against the working directory first) or pass
+    `--config DIRECTORY/injector.yaml`. Without a copy, the defaults installed with the package are used."""
+    import shutil
+
+    from injector.config import packaged
+
+    written = []
+    for name in ("data_recipes", "eval"):
+        src, dst = packaged(name), directory / name
+        for f in sorted(src.iterdir()):
+            if not f.is_file() or f.suffix not in (".yaml", ".jsonl", ".txt", ".md"):
+                continue
+            target = dst / f.name
+            if target.exists() and not force:
+                raise InjectorError(f"{target} exists (use --force to overwrite)")
+            dst.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(f, target)
+            written.append(str(target))
+    cfg = directory / "injector.yaml"
+    if not cfg.exists() or force:
+        cfg.write_text(f"# injector config: the content copied by `injector init`; every other key keeps its default\n"
+                       f"recipes:\n  dir: {(directory / 'data_recipes').resolve()}\n"
+                       f"eval:\n  dir: {(directory / 'eval').resolve()}\n")
+        written.append(str(cfg))
+    if json_out:
+        print(json.dumps({"directory": str(directory), "written": written}))
+        return
+    print(f"wrote {len(written)} files under {directory}; use them with --config {cfg}")
+
+
+@app.command()
 def facts(
     subject: str | None = typer.Option(None, "--subject", "-s", help="Only facts about this subject."),
     status: str | None = typer.Option(None, "--status", help="active, changed or retracted."),
@@ -141,7 +180,40 @@ def facts(
     for r in rows:
         acc = "" if r["last_accuracy"] is None else f" acc={r['last_accuracy']:.2f}@v{r['last_eval_version']}"
         learned = f"learned by v{r['learned_version']}" if r["learned_version"] else "pending"
-        print(f"{r['status']:<9} {r['subject']} | {r['predicate']} | {r['object']}  ({learned}{acc})")
+        prov = "".join(f" {k}={r[k]}" for k in ("source", "valid_from", "valid_to") if r.get(k))
+        print(f"{r['status']:<9} {r['subject']} | {r['predicate']} | {r['object']}  ({learned}{acc}{prov})")
+
+
+@app.command()
+def diff(
+    version_a: str = typer.Argument(..., help="A model version (or champion / challenger)."),
+    version_b: str = typer.Argument(..., help="Another model version."),
+    json_out: bool = JSON,
+) -> None:
+    """Which facts model VERSION_B knows that VERSION_A does not, and the reverse (from the ledger)."""
+    from injector import registry
+    from injector.ledger import Ledger
+
+    home = _home().ensure()
+    registry.connect(home)
+    a, b = registry.resolve_version(version_a), registry.resolve_version(version_b)
+    ledger = Ledger(home.ledger)
+    try:
+        for v in (a, b):
+            if not ledger.knows(v):
+                raise InjectorError(f"the ledger has no record of what v{v} learned (registered before this was "
+                                    "tracked)")
+        out = ledger.version_diff(a, b)
+    finally:
+        ledger.close()
+    if json_out:
+        print(json.dumps({"a": a, "b": b, **out}, indent=2))
+        return
+    for kind, sign in (("gained", "+"), ("lost", "-")):
+        for r in out[kind]:
+            src = f" (source {r['source']})" if r["source"] else ""
+            print(f"{sign} {r['subject']} | {r['predicate']} | {r['object']}  learned by v{r['learned_in']}{src}")
+    print(f"v{a} -> v{b}: {len(out['gained'])} facts gained, {len(out['lost'])} lost")
 
 
 recipes_app = typer.Typer(help="Data recipes: preview the instruction pairs built from triples.", no_args_is_help=True)
@@ -192,6 +264,7 @@ def ask(
     model: str = typer.Option("champion", "--model", "-m", help="champion, challenger, base, or a version number."),
     config: Path | None = CONFIG,
     max_new_tokens: int = typer.Option(64, help="Longest answer, in tokens."),
+    json_out: bool = JSON,
 ) -> None:
     """Print the model's answer (chat template applied, greedy decoding)."""
     from injector.evaluate import generate
@@ -207,7 +280,11 @@ def ask(
     if limit and n + max_new_tokens > limit:
         raise InjectorError(f"ask: the question is {n} tokens; with {max_new_tokens} answer tokens it exceeds the "
                             f"model's context of {limit}")
-    print(generate(mdl, tok, [[{"role": "user", "content": question}]], max_new_tokens, 1)[0])
+    answer = generate(mdl, tok, [[{"role": "user", "content": question}]], max_new_tokens, 1)[0]
+    if json_out:
+        print(json.dumps({"model": model, "question": question, "answer": answer}))
+        return
+    print(answer)
 
 
 def _load_model(ref: str, cfg):
@@ -263,22 +340,34 @@ def eval_cmd(
 
 
 @app.command()
-def status() -> None:
+def status(json_out: bool = JSON) -> None:
     """The champion, its gate table, and the latest versions."""
     from injector import registry
 
     registry.connect(_home().ensure())
     champ = registry.champion()
+    tags = registry.version_tags(champ) if champ else {}
+    versions = registry.versions()[:5]
+    if json_out:
+        print(json.dumps({"champion": champ, "gate": tags.get("gate"), "compared_with": tags.get("compared_with"),
+                          "checks": {k[5:]: v for k, v in tags.items() if k.startswith("gate.")},
+                          "versions": _version_rows(versions)}, indent=2))
+        return
     if champ is None:
         print("no champion yet: run `injector train --triples FILE`")
     else:
-        tags = registry.version_tags(champ)
         print(f"champion: version {champ} (gate {tags.get('gate', '?')}, compared with "
               f"{tags.get('compared_with', '?')}, base {tags.get('base_sha256', '?')[:12]})")
         for k, v in sorted(tags.items()):
             if k.startswith("gate."):
                 print(f"  {k[5:]:<22} {v}")
-    _print_versions(registry.versions()[:5])
+    _print_versions(versions)
+
+
+def _version_rows(rows: list[dict]) -> list[dict]:
+    return [{"version": r["version"], "aliases": r["aliases"], "gate": r["tags"].get("gate"),
+             "n_facts": r["tags"].get("n_facts"), "triples": r["tags"].get("triples"), "run_id": r["run_id"],
+             "created": r["created"]} for r in rows]
 
 
 def _print_versions(rows: list[dict]) -> None:
@@ -288,12 +377,15 @@ def _print_versions(rows: list[dict]) -> None:
 
 
 @app.command()
-def history() -> None:
+def history(json_out: bool = JSON) -> None:
     """Every registered version with its gate verdict and aliases, newest first."""
     from injector import registry
 
     registry.connect(_home().ensure())
     rows = registry.versions()
+    if json_out:
+        print(json.dumps({"versions": _version_rows(rows)}, indent=2))
+        return
     if not rows:
         print("no model versions yet")
     _print_versions(rows)
@@ -303,6 +395,7 @@ def history() -> None:
 def promote(
     version: str = typer.Argument(..., help="Version number to make champion."),
     force: bool = typer.Option(False, "--force", help="Promote even when the gate did not pass."),
+    json_out: bool = JSON,
 ) -> None:
     """Make VERSION the champion if its gate passed against the current champion (or with --force)."""
     from injector import registry
@@ -319,11 +412,14 @@ def promote(
                                 f"is now v{current}: retrain/re-gate it, or use --force")
     if not registry.move_champion(version, current, "forced" if force else "promote: gate passed"):
         raise InjectorError("the champion changed while promoting; try again")
+    ledger = _follow(version, quiet=json_out)
+    if json_out:
+        print(json.dumps({"champion": version, "previous": current, "forced": force, "ledger": ledger}))
+        return
     print(f"champion: v{current} -> v{version}" if current else f"champion: v{version}")
-    _follow(version)
 
 
-def _follow(version: str) -> None:
+def _follow(version: str, quiet: bool = False) -> dict | None:
     """Put the ledger in step with the new champion: facts it does not know become pending again."""
     from injector.ledger import Ledger
 
@@ -332,26 +428,31 @@ def _follow(version: str) -> None:
         if not ledger.knows(version):
             print(f"warning: the ledger has no record of what v{version} learned (registered before this was "
                   "tracked); `injector facts` may not match it", file=sys.stderr)
-            return
+            return None
         known, pending = ledger.follow_champion(version)
     finally:
         ledger.close()
-    print(f"ledger: the champion v{version} knows {known} active facts; {pending} pending (trained by the next run)")
+    if not quiet:
+        print(f"ledger: the champion v{version} knows {known} active facts; {pending} pending (trained by the next "
+              "run)")
+    return {"known": known, "pending": pending}
 
 
 @app.command()
-def rollback() -> None:
+def rollback(json_out: bool = JSON) -> None:
     """Move the champion back to the previous champion (recorded in the registry)."""
     from injector import registry
-
-    home = _home().ensure()
     from injector.lock import single_flight
 
+    home = _home().ensure()
     with single_flight(home.root, "injector rollback"):
         registry.connect(home)
         old, new = registry.rollback()
-        print(f"champion: v{old} -> v{new} (rolled back)")
-        _follow(new)
+        ledger = _follow(new, quiet=json_out)
+    if json_out:
+        print(json.dumps({"champion": new, "previous": old, "ledger": ledger}))
+        return
+    print(f"champion: v{old} -> v{new} (rolled back)")
 
 
 @app.command()
@@ -363,9 +464,9 @@ def nightly(
     """Run the Prefect nightly-update flow once, now (ephemeral Prefect unless PREFECT_API_URL is set)."""
     import importlib.util
 
-    from injector.config import PROJECT_ROOT
+    from injector.config import packaged
 
-    path = PROJECT_ROOT / "flows" / "nightly_update.py"
+    path = packaged("flows") / "nightly_update.py"
     spec = importlib.util.spec_from_file_location("nightly_update", path)
     if spec is None or not path.exists():
         raise InjectorError(f"flow not found: {path}")
@@ -436,6 +537,8 @@ def main() -> None:
         app()
     except InjectorError as e:
         print(f"injector: error: {e}", file=sys.stderr)
+        if "--json" in sys.argv:  # a refused command still prints its JSON: the error, the exit code, any summary
+            print(json.dumps({**getattr(e, "summary", {}), "error": str(e), "exit_code": e.exit_code}))
         sys.exit(e.exit_code)
     except OSError as e:
         if e.errno not in (errno.ENOSPC, errno.EDQUOT):

@@ -20,6 +20,8 @@ class Absolute(_Strict):
     min_efficacy: float = Field(0.85, ge=0, le=1)
     min_generalisation: float = Field(0.5, ge=0, le=1)
     min_changed: float = Field(0.85, ge=0, le=1)
+    # gated only where the reference itself meets it (else reported as information): the same weights answer in
+    # 381 ms on one 2-core machine and 753 ms on another; what a candidate can change is caught by the ratio below
     max_latency_ms_p95: float = Field(500.0, gt=0)
     max_kl_drift: float | None = Field(None, gt=0)  # nats/token; None: reported, not gated
 
@@ -28,6 +30,9 @@ class Relative(_Strict):
     min_locality_ratio: float = Field(0.9, ge=0)
     min_retention_ratio: float = Field(0.9, ge=0)
     max_general_ppl_increase: float | None = Field(0.05, ge=0)  # (ppl_after / ppl_ref) - 1
+    # candidate p95 / reference p95, timed in the same process on the same probes: a merged LoRA adapter has the
+    # base's architecture, so only its answer length can make it slower
+    max_latency_ratio: float | None = Field(1.5, gt=0)
     min_fact_ppl_drop: float | None = Field(None, ge=0, lt=1)  # 1 - (ppl_after / ppl_ref) on fact statements
 
 
@@ -65,10 +70,18 @@ def decide(metrics: dict[str, float], thresholds: Thresholds, reference: dict[st
     """
     a, r = thresholds.absolute, thresholds.relative
     n = lambda k: metrics.get(f"n_{k}", 0)  # noqa: E731
+    ref_p95 = (reference or {}).get("latency_ms_p95")
+    ref_timed = ref_p95 is not None and math.isfinite(ref_p95) and ref_p95 > 0
+    latency = _check("latency_ms_p95", metrics.get("latency_ms_p95"), a.max_latency_ms_p95, "<=")
+    if ref_timed and ref_p95 > a.max_latency_ms_p95:  # this machine cannot meet the bar even with the reference
+        latency = Check(latency.name, latency.value, latency.bound, latency.op, passed=True, gated=False)
     checks = [
         _check("efficacy", metrics.get("efficacy") if n("efficacy") else None, a.min_efficacy, ">="),
-        _check("latency_ms_p95", metrics.get("latency_ms_p95"), a.max_latency_ms_p95, "<="),
+        latency,
     ]
+    if ref_timed and r.max_latency_ratio is not None:
+        checks.append(_check("latency_ratio", metrics.get("latency_ms_p95", math.nan) / ref_p95,
+                             r.max_latency_ratio, "<="))
     if n("generalisation"):
         checks.append(_check("generalisation", metrics.get("generalisation"), a.min_generalisation, ">="))
     if n("changed"):

@@ -97,8 +97,36 @@ def validate(rec: RawRecord, max_len: int, canonical: Callable[[str], str] = lam
     op = str(f.get("op") or "assert").strip().lower()
     if op not in ("assert", "retract"):
         return None, f"field op: {op!r} is not assert or retract"
-    return Triple(values["subject"], canonical(values["predicate"]), values["object"], op=op, source=rec.where,
-                  question=values.get("question", "")), None
+    extra: dict[str, str] = {}
+    for key in ("source", "valid_from", "valid_to"):
+        v = f.get(key)
+        if v in (None, ""):
+            continue
+        if not isinstance(v, str | int | float) or isinstance(v, bool):
+            return None, f"field {key}: expected a string"
+        extra[key] = normalise(str(v))[:max_len]
+    for key in ("valid_from", "valid_to"):
+        if key in extra and _date(extra[key]) is None:
+            return None, f"field {key}: {extra[key]!r} is not an ISO date (YYYY-MM-DD)"
+    if "valid_to" in extra and _date(extra["valid_to"]) < today():
+        op = "retract"  # no longer valid: the fact leaves the ledger's active set
+    return Triple(values["subject"], canonical(values["predicate"]), values["object"], op=op,
+                  question=values.get("question", ""), origin=rec.where, **extra), None
+
+
+def today():
+    import datetime
+
+    return datetime.date.today()
+
+
+def _date(text: str):
+    import datetime
+
+    try:
+        return datetime.date.fromisoformat(text[:10])
+    except ValueError:
+        return None
 
 
 def _named_slot(rec: RawRecord, canonical: Callable[[str], str]) -> tuple[str, str] | None:
@@ -171,7 +199,7 @@ def read_batch(paths: list[Path], single_valued: Callable[[str], bool] = lambda 
         objs = " vs ".join(sorted({t.object for t in g}))
         for t in g:
             slots.add((t.subject.lower(), t.predicate.lower()))
-            rejected.append(Rejection(t.source, f"conflict: {t.subject} / {t.predicate} has several objects in this "
+            rejected.append(Rejection(t.origin, f"conflict: {t.subject} / {t.predicate} has several objects in this "
                                                 f"batch ({objs}); none is trained", json.dumps(
                                                     {"subject": t.subject, "predicate": t.predicate,
                                                      "object": t.object})))

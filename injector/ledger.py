@@ -38,6 +38,9 @@ CREATE TABLE IF NOT EXISTS facts (
     status TEXT NOT NULL CHECK (status IN ('active', 'changed', 'retracted')),
     old_object TEXT,
     source TEXT,
+    origin TEXT,
+    valid_from TEXT,
+    valid_to TEXT,
     introduced_snapshot INTEGER,
     changed_snapshot INTEGER,
     retracted_snapshot INTEGER,
@@ -91,6 +94,10 @@ class Ledger:
         self.conn.row_factory = sqlite3.Row
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.executescript(SCHEMA)
+        have = {r[1] for r in self.conn.execute("PRAGMA table_info(facts)")}
+        for col in ("origin", "valid_from", "valid_to"):  # ledgers written before provenance was kept
+            if col not in have:
+                self.conn.execute(f"ALTER TABLE facts ADD COLUMN {col} TEXT")
 
     def close(self) -> None:
         self.conn.close()
@@ -205,11 +212,15 @@ class Ledger:
                 t = ch.triple
                 c.execute(
                     "INSERT INTO facts (fact_id, subject, predicate, object, question, status, old_object, source,"
-                    " introduced_snapshot, updated_at) VALUES (?,?,?,?,?,'active',?,?,?,?)"
+                    " origin, valid_from, valid_to, introduced_snapshot, updated_at)"
+                    " VALUES (?,?,?,?,?,'active',?,?,?,?,?,?,?)"
                     " ON CONFLICT(fact_id) DO UPDATE SET status='active', old_object=excluded.old_object,"
-                    " source=excluded.source, introduced_snapshot=excluded.introduced_snapshot, learned_version=NULL,"
-                    " retracted_snapshot=NULL, changed_snapshot=NULL, updated_at=excluded.updated_at",
-                    (t.id, t.subject, t.predicate, t.object, t.question, ch.old_object, t.source, snap, _now()))
+                    " source=excluded.source, origin=excluded.origin, valid_from=excluded.valid_from,"
+                    " valid_to=excluded.valid_to, introduced_snapshot=excluded.introduced_snapshot,"
+                    " learned_version=NULL, retracted_snapshot=NULL, changed_snapshot=NULL,"
+                    " updated_at=excluded.updated_at",
+                    (t.id, t.subject, t.predicate, t.object, t.question, ch.old_object, t.source or None,
+                     t.origin, t.valid_from or None, t.valid_to or None, snap, _now()))
                 step()
         return snap
 
@@ -249,6 +260,16 @@ class Ledger:
                                     ).fetchone()[0]
         return known, pending
 
+    def version_diff(self, a: str, b: str) -> dict[str, list[dict]]:
+        """Facts version `b` knows that `a` does not (gained), and the reverse (lost)."""
+        def side(x: str, y: str) -> list[dict]:
+            rows = self.conn.execute(
+                "SELECT f.subject, f.predicate, f.object, f.question, f.status, f.source, v.learned_in FROM "
+                "version_facts v JOIN facts f ON f.fact_id = v.fact_id WHERE v.version = ? AND v.fact_id NOT IN "
+                "(SELECT fact_id FROM version_facts WHERE version = ?) ORDER BY f.subject, f.predicate", (x, y))
+            return [dict(r) for r in rows]
+        return {"gained": side(b, a), "lost": side(a, b)}
+
     def record_accuracy(self, accuracy: dict[str, float], version: str) -> None:
         with self._tx() as c:
             for fid, acc in accuracy.items():
@@ -257,4 +278,5 @@ class Ledger:
 
 
 def _triple(r: sqlite3.Row) -> Triple:
-    return Triple(r["subject"], r["predicate"], r["object"], source=r["source"] or "", question=r["question"] or "")
+    return Triple(r["subject"], r["predicate"], r["object"], source=r["source"] or "", question=r["question"] or "",
+                  origin=r["origin"] or "")

@@ -95,9 +95,12 @@ def _ingest(paths: list[Path], cfg: Config, home: Home, log) -> IngestOutcome:
     if len(batch.rejected) > 20:
         log(f"  ... and {len(batch.rejected) - 20} more in {quarantine}")
     if batch.read and batch.rejected_fraction > cfg.ingest.max_reject_fraction:
-        raise InjectorError(f"{batch.rejected_fraction:.0%} of the records were rejected (limit "
+        err = InjectorError(f"{batch.rejected_fraction:.0%} of the records were rejected (limit "
                             f"{cfg.ingest.max_reject_fraction:.0%}, ingest.max_reject_fraction): stopped before "
                             f"training; see {quarantine}")
+        err.summary = {"read": batch.read, "accepted": len(batch.triples), "rejected": len(batch.rejected),
+                       "duplicates": batch.duplicates, "quarantine": str(quarantine) if quarantine else None}
+        raise err
     ledger = Ledger(home.ledger)
     try:
         last = ledger.last_snapshot()
@@ -308,8 +311,7 @@ def record_candidate(plan: Plan, result: TrainResult, after: EvalReport, decisio
     tags = {"base_sha256": plan.base.sha256, "gate": "pass" if decision.passed else "fail",
             "compared_with": decision.compared_with, "n_facts": str(len(plan.changes)),
             "triples": ",".join(plan.triples), "run_id": run_id,
-            **{f"gate.{c.name}": f"{c.value:.4f} {c.op} {c.bound:g}: {'pass' if c.passed else 'FAIL'}"
-               for c in decision.checks}}
+            **{f"gate.{c.name}": f"{c.value:.4f} {c.op} {c.bound:g}: {_verdict(c)}" for c in decision.checks}}
     with timed("registration"):
         version = registry.log_adapter(run_id, result.adapter_dir, plan.base.path, tags)
         promoted = decision.passed and registry.move_champion(version, plan.current, "gate passed")
@@ -530,6 +532,10 @@ def _replay(pairs, changes, earlier, recipes, cfg: Config, model, tokenizer, hom
     ask = dict(anchors + general)
     return (old + distilled_pairs({i: answers[i] for i, _ in anchors}, ask, "anchor")
             + distilled_pairs({i: answers[i] for i, _ in general}, ask, "general"))
+
+
+def _verdict(c) -> str:
+    return "info" if not c.gated else "pass" if c.passed else "FAIL"
 
 
 def per_fact_accuracy(report: EvalReport) -> dict[str, float]:

@@ -22,8 +22,11 @@ class Triple:
     predicate: str
     object: str
     op: Literal["assert", "retract"] = "assert"
-    source: str = ""  # file:line it came from
+    source: str = ""  # provenance the KG gave (the record's `source` field), kept in the ledger
     question: str = ""  # set when the fact arrived as a question (subject, question, answer)
+    origin: str = ""  # file:line it was read from
+    valid_from: str = ""  # validity the KG gave (ISO dates), kept in the ledger
+    valid_to: str = ""
 
     @property
     def id(self) -> str:
@@ -109,6 +112,7 @@ class Check:
     bound: float
     op: Literal[">=", "<="]
     passed: bool
+    gated: bool = True  # False: reported for information, never blocks (`passed` is then True)
 
 
 @dataclass(frozen=True)
@@ -120,6 +124,6 @@ class GateDecision:
     def table(self) -> list[dict]:
         return [
             {"check": c.name, "value": c.value, "bound": f"{c.op} {c.bound:g}",
-             "verdict": "pass" if c.passed else "FAIL"}
+             "verdict": "info" if not c.gated else "pass" if c.passed else "FAIL"}
             for c in self.checks
         ]

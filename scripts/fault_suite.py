@@ -55,6 +55,7 @@ class Ctx:
     def train_args(self, *extra: str) -> list[str]:
         return [f"model.base={self.model}", "train.learning_rate=0.003", "train.epochs=20", "train.batch_size=8",
                 "train.grad_accum=1", "train.max_length=96", "train.warmup_ratio=0", "train.patience=0",
+                "train.min_steps=0", "train.ewc_lambda=0",
                 "eval.max_new_tokens=8", "eval.latency_samples=1", "eval.locality=false", "eval.ppl_max_tokens=0",
                 "eval.kl=false", f"eval.dir={self.eval_dir}", "recipes.new=1", *extra]
 

@@ -118,7 +118,8 @@ def tiny_config(model_dir: Path, *extra: str):
     return load_config(None, [f"model.base={model_dir}", "train.learning_rate=0.003", "train.epochs=30",
                               "train.batch_size=8", "train.grad_accum=1", "train.max_length=96",
                               "train.warmup_ratio=0.0", "train.lr_scheduler=constant", "train.patience=0",
-                              "eval.max_new_tokens=16", "eval.latency_samples=2", "eval.ppl_max_tokens=2000", *extra])
+                              "train.min_steps=0", "train.ewc_lambda=0", "eval.max_new_tokens=16",
+                              "eval.latency_samples=2", "eval.ppl_max_tokens=2000", *extra])
 
 
 def eval_dir(tmp_path: Path, gate_yaml: str) -> Path:

@@ -84,7 +84,8 @@ def test_bench_runs_end_to_end_on_the_tiny_model(tmp_path, data, tiny_model_dir,
          "--variants", "injector,naive LoRA",
          "--out", str(doc), "--json", str(raw), "--work", str(tmp_path / "work"),
          "train.learning_rate=0.003", "train.epochs=4", "train.batch_size=8", "train.grad_accum=1",
-         "train.max_length=96", "train.patience=0", "eval.max_new_tokens=8", "eval.latency_samples=1",
+         "train.max_length=96", "train.patience=0",
+         "train.min_steps=0", "eval.max_new_tokens=8", "eval.latency_samples=1",
          "eval.ppl_max_tokens=500", "recipes.distill_max_new_tokens=8"],
         capture_output=True, text=True, timeout=900, cwd=ROOT, env={**os.environ})
     assert out.returncode == 0, out.stderr[-3000:]

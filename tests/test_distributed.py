@@ -55,7 +55,8 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path, tiny_
     rows = [json.loads(x) for x in (ROOT / "examples" / "triples.jsonl").read_text().splitlines()[:8]]
     facts.write_text("".join(json.dumps(r) + "\n" for r in rows or TINY_FACTS))
     common = [f"model.base={tiny_model_dir}", "train.learning_rate=0.003", "train.epochs=6", "train.grad_accum=1",
-              "train.max_length=96", "train.warmup_ratio=0", "train.patience=0", "train.ewc_lambda=0.001",
+              "train.max_length=96", "train.warmup_ratio=0", "train.patience=0",
+              "train.min_steps=0", "train.ewc_lambda=0.001",
               "eval.max_new_tokens=8", "eval.latency_samples=1", "eval.locality=false", "eval.ppl_max_tokens=0",
               f"eval.dir={lenient}"]  # replay 3:1 and distillation (weight 3) are the defaults
 

@@ -286,7 +286,8 @@ def test_registration_is_idempotent_and_orphans_are_failed(home, tiny_model_dir,
 def test_a_refused_candidate_exits_with_its_own_code(tmp_path, tiny_model_dir, tiny_facts_file):
     strict = eval_dir(tmp_path / "strict", "absolute:\n  min_efficacy: 1.0\n  max_latency_ms_p95: 0.001\n")
     out = cli("train", "--triples", str(tiny_facts_file), "--json", f"model.base={tiny_model_dir}",
-              f"eval.dir={strict}", "train.epochs=1", "eval.locality=false", "eval.ppl_max_tokens=0",
+              f"eval.dir={strict}", "train.epochs=1",
+              "train.min_steps=0", "eval.locality=false", "eval.ppl_max_tokens=0",
               "eval.latency_samples=1", "eval.max_new_tokens=4", home=tmp_path / "h", timeout=600)
     assert out.returncode == 5, out.stderr[-2000:]
     summary = json.loads(out.stdout)

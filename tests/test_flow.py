@@ -43,6 +43,7 @@ def overrides(tiny_model_dir, tmp_path):
                            "  max_latency_ms_p95: 100000\nrelative:\n  max_general_ppl_increase: null\n")
     return [f"model.base={tiny_model_dir}", "train.learning_rate=0.003", "train.epochs=20", "train.batch_size=8",
             "train.grad_accum=1", "train.max_length=96", "train.warmup_ratio=0.0", "train.patience=0",
+            "train.min_steps=0", "train.ewc_lambda=0",
             # 4 answer tokens: the random tiny model's babble after the answer (e.g. the update pair's "..., no
             # longer <old CEO>") is not what night 2 checks
             "eval.max_new_tokens=4", "eval.latency_samples=1", "eval.locality=false", "eval.ppl_max_tokens=0",

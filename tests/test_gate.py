@@ -38,11 +38,17 @@ OK = {"efficacy": 0.9, "n_efficacy": 10, "generalisation": 0.6, "n_generalisatio
         ({"fact_ppl": 7.5}, {"fact_ppl": 10.0}, False, ["fact_ppl_drop"]),
         ({"kl_drift": 0.3}, None, True, []),
         ({"kl_drift": 0.31}, None, False, ["kl_drift"]),
+        # latency: the absolute bar binds only where the reference meets it; the ratio always binds
+        ({"latency_ms_p95": 700.0}, {"latency_ms_p95": 650.0}, True, []),  # slow machine: info + ratio 1.08
+        ({"latency_ms_p95": 1000.0}, {"latency_ms_p95": 650.0}, False, ["latency_ratio"]),  # 1.54 > 1.5
+        ({"latency_ms_p95": 501.0}, {"latency_ms_p95": 400.0}, False, ["latency_ms_p95"]),  # reference meets it
     ],
 )
 def test_decide(change, reference, passed, failing):
     d = decide({**OK, **change}, T, reference=reference, compared_with="base")
     assert d.passed is passed
+    if reference and reference.get("latency_ms_p95", 0) > 500:
+        assert {r["check"]: r["verdict"] for r in d.table()}["latency_ms_p95"] == "info"
     assert [c.name for c in d.checks if not c.passed] == failing
     assert all({"check", "value", "bound", "verdict"} <= set(row) for row in d.table())
 

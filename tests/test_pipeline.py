@@ -64,6 +64,7 @@ def test_killed_run_resumes_to_the_same_adapter(tmp_path, tiny_model_dir, tiny_f
 
     overrides = [f"model.base={tiny_model_dir}", "train.learning_rate=0.003", "train.epochs=4", "train.batch_size=8",
                  "train.grad_accum=1", "train.max_length=96", "train.warmup_ratio=0.0", "train.patience=0",
+                 "train.min_steps=0", "train.ewc_lambda=0",
                  "train.dev_fraction=0", "eval.max_new_tokens=8", "eval.latency_samples=1", "eval.locality=false",
                  f"eval.dir={lenient_eval}", "recipes.replay=0"]
     full = _cli(["train", "--triples", str(tiny_facts_file), *overrides], tmp_path / "full")
