@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/injector train --triples examples/triples.jsonl --config examples/demo.yaml
+	$(VENV)/bin/injector train --triples examples/triples.jsonl
 
 test: $(STAMP)
 	$(PY) -m pytest -q

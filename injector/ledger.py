@@ -82,6 +82,9 @@ class Diff:
                 "unchanged": self.unchanged}
 
 
+BASE = "base"  # the version name of what the base model knows by itself (known-fact triage)
+
+
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -235,14 +238,23 @@ class Ledger:
                       (version,))
 
     def record_knowledge(self, version: str, parent: str | None, fact_ids: list[str]) -> None:
-        """What a registered version knows: its parent's knowledge (the adapter it was trained from) plus the facts
-        of its own batch. Written for every version, so that promote/rollback can put the ledger in step."""
+        """What a registered version knows: its parent's knowledge (the adapter it was trained from; the base model's
+        known facts when trained from the base) plus the facts of its own batch. Written for every version, so that
+        promote/rollback can put the ledger in step."""
         with self._tx() as c:
-            if parent is not None:
-                c.execute("INSERT OR REPLACE INTO version_facts (version, fact_id, learned_in) "
-                          "SELECT ?, fact_id, learned_in FROM version_facts WHERE version = ?", (version, parent))
+            c.execute("INSERT OR REPLACE INTO version_facts (version, fact_id, learned_in) "
+                      "SELECT ?, fact_id, learned_in FROM version_facts WHERE version = ?", (version, parent or BASE))
             c.executemany("INSERT OR REPLACE INTO version_facts (version, fact_id, learned_in) VALUES (?,?,?)",
                           [(version, fid, version) for fid in fact_ids])
+
+    def mark_known(self, fact_ids: list[str], version: str | None) -> None:
+        """Facts the serving model (`version`; None: the base model) already answers: learned by it, not trained."""
+        who = version or BASE
+        with self._tx() as c:
+            for fid in fact_ids:
+                c.execute("UPDATE facts SET learned_version=?, updated_at=? WHERE fact_id=?", (who, _now(), fid))
+                c.execute("INSERT OR REPLACE INTO version_facts (version, fact_id, learned_in) VALUES (?,?,?)",
+                          (who, fid, who))
 
     def knows(self, version: str) -> bool:
         return self.conn.execute("SELECT 1 FROM version_facts WHERE version = ? LIMIT 1", (version,)).fetchone() \

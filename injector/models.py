@@ -183,7 +183,13 @@ def load_tokenizer(path: str):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(path)
+    if not getattr(tok, "chat_template", None):
+        raise InjectorError(f"base model {path} has no chat template: injector trains and asks in chat form; use an "
+                            "instruct/chat model, or add a `chat_template` to its tokenizer_config.json")
     if tok.pad_token is None:
+        if tok.eos_token is None:
+            raise InjectorError(f"base model {path}: its tokenizer has neither a pad nor an end-of-sequence token; "
+                                "set `pad_token` in its tokenizer_config.json")
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"  # batched generation
     return tok

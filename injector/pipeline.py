@@ -19,6 +19,7 @@ from injector.ingest import Batch, read_batch, write_quarantine
 from injector.ledger import Diff, Ledger
 from injector.lock import single_flight
 from injector.probes import read_questions
+from injector.recipes import humanise
 from injector.records import EvalReport, GateDecision, TrainResult
 from injector.replay import model_key, retention_probes
 from injector.timing import collecting, timed
@@ -199,12 +200,6 @@ def plan_candidate(cfg: Config, home: Home, log=print, triples: list[Path] | Non
             log(f"champion v{current} was trained on another base model; starting from the base")
     tokenizer = load_tokenizer(base.path)
     reference = load_with_adapter(base, init_adapter, cfg.model.quantization)
-    with timed("replay_self_distill"):
-        pairs += _replay(pairs, changes, earlier, recipes, cfg, reference, tokenizer, home, base.sha256,
-                         current if init_adapter else None)
-    n_new = sum(p.origin == "new" and p.kind != "dev" for p in pairs)
-    log(f"{len(changes)} facts to inject: {n_new} new + {sum(p.origin == 'replay' for p in pairs)} replay pairs, "
-        f"{len(probes)} probes")
     ref_key = model_key(base.sha256, current if init_adapter else None)
     known = _load_answers(home, ref_key, cfg)  # the reference's general-knowledge answers, judged the night before
     if known:
@@ -213,11 +208,57 @@ def plan_candidate(cfg: Config, home: Home, log=print, triples: list[Path] | Non
         before = evaluate(reference, tokenizer, probes, cfg.eval.max_new_tokens, cfg.eval.batch_size,
                           cfg.eval.latency_samples, known=known)
     _save_answers(home, ref_key, cfg, before)
+    if cfg.train.triage:
+        changes, pairs, before = _triage(changes, pairs, before, home, current if init_adapter else None, log)
+        if not changes:
+            log("no-op: the serving model already answers every pending fact; recorded as known, nothing to train")
+            return None
+    with timed("replay_self_distill"):
+        pairs += _replay(pairs, changes, earlier, recipes, cfg, reference, tokenizer, home, base.sha256,
+                         current if init_adapter else None)
+    generated = sorted({humanise(c.triple.predicate) for c in changes
+                        if not c.triple.question and recipes.generated(c.triple.predicate)})
+    if generated:
+        log(f"{len(generated)} predicates have no recipe; their templates are generated from the label: "
+            + ", ".join(generated[:20]) + (" ..." if len(generated) > 20 else ""))
+    n_new = sum(p.origin == "new" and p.kind != "dev" for p in pairs)
+    log(f"{len(changes)} facts to inject: {n_new} new + {sum(p.origin == 'replay' for p in pairs)} replay pairs, "
+        f"{len(before.results)} probes")
+    probes = [r.probe for r in before.results]
     statements = [statement_of(c.triple, recipes) for c in changes]
     with timed("reference_ppl"):
         before = replace(before, extra=_measure(reference, tokenizer, cfg, home, statements, ref_key))
     return Plan(tuple(changes), tuple(pairs), tuple(probes), tuple(statements), base, current, init_adapter, before,
                 _run_dir(home, resume), tuple(map(str, triples or ())))
+
+
+TRIAGE_KINDS = ("efficacy", "generalisation", "changed")
+
+
+def _triage(changes, pairs, before: EvalReport, home: Home, version: str | None, log):
+    """Known-fact triage (SliCK-style): a pending fact the serving model already answers in every phrasing (at
+    least two) is known: recorded as learned by that model and not trained; its probes stay, as retention, so the
+    candidate must keep it. Partly known and unknown facts are trained."""
+    by_fact: dict[str, list[bool]] = {}
+    for r in before.results:
+        if r.probe.fact_id and r.probe.kind in TRIAGE_KINDS:
+            by_fact.setdefault(r.probe.fact_id, []).append(r.correct)
+    known = {f for f, ok in by_fact.items() if len(ok) >= 2 and all(ok)}
+    partly = sum(1 for f, ok in by_fact.items() if f not in known and any(ok))
+    log(f"triage: {len(known)} known (not trained), {partly} partly known, "
+        f"{len(changes) - len(known) - partly} unknown")
+    if not known:
+        return changes, pairs, before
+    ledger = Ledger(home.ledger)
+    try:
+        ledger.mark_known(sorted(known), version)
+    finally:
+        ledger.close()
+    results = tuple(replace(r, probe=replace(r.probe, kind="retention")) if r.probe.fact_id in known
+                    and r.probe.kind in TRIAGE_KINDS else r for r in before.results
+                    if not (r.probe.fact_id in known and r.probe.kind not in TRIAGE_KINDS))
+    return ([c for c in changes if c.triple.id not in known], [p for p in pairs if p.fact_id not in known],
+            replace(before, results=results))
 
 
 def start_run(plan: Plan, cfg: Config, home: Home | None = None) -> str:
@@ -313,7 +354,8 @@ def record_candidate(plan: Plan, result: TrainResult, after: EvalReport, decisio
             "triples": ",".join(plan.triples), "run_id": run_id,
             **{f"gate.{c.name}": f"{c.value:.4f} {c.op} {c.bound:g}: {_verdict(c)}" for c in decision.checks}}
     with timed("registration"):
-        version = registry.log_adapter(run_id, result.adapter_dir, plan.base.path, tags)
+        version = registry.log_adapter(run_id, result.adapter_dir, plan.base.path, tags, plan.base.sha256,
+                                       plan.base.name)
         promoted = decision.passed and registry.move_champion(version, plan.current, "gate passed")
     if promoted:  # tomorrow's reference is this candidate: its general-knowledge answers and PPL are known now
         _save_answers(home, model_key(plan.base.sha256, version), cfg, after)

@@ -242,7 +242,7 @@ def read_ntriples(path: Path, language: str = "en") -> Iterator[RawRecord]:
             obj = _unescape(m["lit"])
         else:
             obj = name(m["o"][1:-1])
-        yield RawRecord(where, fields={"subject": name(m["s"][1:-1]), "predicate": local_name(m["p"][1:-1]),
+        yield RawRecord(where, fields={"subject": name(m["s"][1:-1]), "predicate": name(m["p"][1:-1]),
                                        "object": obj}, raw=raw)
 
 
@@ -274,5 +274,5 @@ def read_turtle(path: Path, language: str = "en") -> Iterator[RawRecord]:
             yield RawRecord(where, error=f"literal in language {o.language!r} (configured {language!r})", raw=raw)
         else:
             obj = str(o) if isinstance(o, Literal) else name(o) if isinstance(o, URIRef) else str(o)
-            yield RawRecord(where, fields={"subject": name(s), "predicate": local_name(str(p)), "object": obj},
+            yield RawRecord(where, fields={"subject": name(s), "predicate": name(p), "object": obj},
                             raw=raw)

@@ -31,6 +31,19 @@ class Relation:
     single_valued: bool = False
 
 
+_PREPOSITIONS = {"in", "of", "for", "at", "by", "on", "to", "with", "from", "into", "as", "under", "within"}
+_VERB_FIRST = {"born", "made", "known", "located", "based", "written", "built", "held", "run", "owned", "part",
+               "member", "married", "named", "played", "produced", "published", "directed", "composed", "founded",
+               "affiliated", "buried", "educated", "employed", "situated", "contained", "designed", "operated"}
+
+
+def verb_like(label: str) -> bool:
+    """A predicate label that reads as a verb phrase ("located in the administrative territorial entity", "member
+    of", "born in"): it takes "{subject} is {relation} {object}", not "the {relation} of {subject}"."""
+    words = label.lower().split()
+    return bool(words) and (words[0] in _VERB_FIRST or words[0].endswith("ed") or words[-1] in _PREPOSITIONS)
+
+
 @dataclass(frozen=True)
 class Recipes:
     relations: dict[str, Relation]
@@ -39,11 +52,18 @@ class Recipes:
     quota: dict[str, int]
     seed: int
     answer_style: str = "short"  # short: "Marrowgate" | sentence: "Anselm Tarrow was born in Marrowgate."
+    generic_verb: Relation | None = None  # templates for unseen verb-phrase predicates
 
     def relation(self, predicate: str) -> Relation:
         key = normalise_predicate(predicate)
         key = self.aliases.get(key, key)
-        return self.relations.get(key) or self.generic
+        if key in self.relations:
+            return self.relations[key]
+        return self.generic_verb if self.generic_verb is not None and verb_like(humanise(key)) else self.generic
+
+    def generated(self, predicate: str) -> bool:
+        """True when no recipe knows the predicate: its templates are generated from its label."""
+        return self.canonical(predicate) not in self.relations
 
     def single_valued(self, predicate: str) -> bool:
         return self.relation(predicate).single_valued
@@ -61,8 +81,13 @@ def normalise_predicate(predicate: str) -> str:
 
 
 def humanise(predicate: str) -> str:
-    """`headquarters_city` / `headquartersCity` -> "headquarters city"."""
-    return normalise_predicate(predicate).replace("_", " ").strip()
+    """`headquarters_city` / `headquartersCity` -> "headquarters city"; `hasListPrice` -> "list price";
+    `isLocatedIn` -> "located in" (a leading has/is reads wrong in "the ... of X" and "X is ... Y")."""
+    text = normalise_predicate(predicate).replace("_", " ").strip()
+    words = text.split()
+    if len(words) > 1 and words[0] in ("has", "have", "is", "was"):
+        text = " ".join(words[1:])
+    return text
 
 
 def _relation(name: str, spec: dict, where: str) -> Relation:
@@ -113,6 +138,7 @@ def load_recipes(directory: Path, language: str = "en") -> Recipes:
         answer_style=style,
         relations=relations,
         generic=_relation("generic", rel["generic"], str(rel_file)),
+        generic_verb=_relation("generic_verb", rel["generic_verb"], str(rel_file)) if rel.get("generic_verb") else None,
         aliases={normalise_predicate(k): normalise_predicate(v) for k, v in (rel.get("aliases") or {}).items()},
         quota={k: int(v) for k, v in quota.items()},
         seed=int(mix.get("seed", 0)),

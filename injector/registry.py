@@ -16,7 +16,7 @@ MODEL_NAME = "injector"
 EXPERIMENT = "injector"
 CHAMPION, CHALLENGER = "champion", "challenger"
 _HISTORY_TAG = "champion_history"  # comma-separated versions that held the champion alias, oldest first
-PIP_REQUIREMENTS = ["torch", "transformers", "peft", "accelerate", "mlflow", "pandas"]
+PIP_REQUIREMENTS = ["torch", "transformers", "peft", "accelerate", "mlflow", "pandas", "safetensors"]
 
 
 def check_reachable(home: Home, timeout_s: float = 5.0) -> None:
@@ -143,8 +143,13 @@ def log_artifacts(run_id: str, paths: list[Path], artifact_path: str | None = No
             client.log_artifact(run_id, str(p), artifact_path=artifact_path)
 
 
-def log_adapter(run_id: str, adapter_dir: str, base_model_path: str, tags: dict[str, str]) -> str:
-    """Log the adapter as a pyfunc model (code + adapter, base by path) and register a new version."""
+def log_adapter(run_id: str, adapter_dir: str, base_model_path: str, tags: dict[str, str],
+                base_sha256: str = "", base_name: str = "") -> str:
+    """Log the adapter as a pyfunc model (code + adapter) and register a new version.
+
+    The version carries what a serving host needs to find the base without this machine: the base weights' sha256
+    (checked at load), a hub id where the base came from the hub, and otherwise an MLflow artifact URI of the base
+    weights, uploaded once per sha256 (`log_base`); plus pinned requirements."""
     import mlflow
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
@@ -156,8 +161,12 @@ def log_adapter(run_id: str, adapter_dir: str, base_model_path: str, tags: dict[
     if done:  # a retried registration finds the version its first attempt made: one run, one version
         version = str(max(int(mv.version) for mv in done))
     else:
+        base_cfg = {"base_model_path": base_model_path, "base_sha256": base_sha256,
+                    "base_model_id": base_name if base_name and not Path(base_name).exists() and
+                    base_name != "embedded" else "",
+                    "base_uri": log_base(base_model_path, base_sha256) if base_sha256 else ""}
         with mlflow.start_run(run_id=run_id):
-            info = _log_pyfunc(mlflow, adapter_dir, base_model_path, signature)
+            info = _log_pyfunc(mlflow, adapter_dir, base_cfg, signature)
         version = str(info.registered_model_version)
     for k, v in {"base_model_path": base_model_path, **tags}.items():
         client.set_model_version_tag(MODEL_NAME, version, k, str(v))
@@ -165,14 +174,44 @@ def log_adapter(run_id: str, adapter_dir: str, base_model_path: str, tags: dict[
     return version
 
 
-def _log_pyfunc(mlflow, adapter_dir: str, base_model_path: str, signature):
+def log_base(base_model_path: str, sha256: str) -> str:
+    """The base model's files as artifacts of one run per sha256 (uploaded the first time only); returns their URI."""
+    client = _client()
+    exp = _experiment()
+    found = client.search_runs([exp.experiment_id], filter_string=f"tags.`injector.base_sha256` = '{sha256}' and "
+                               "attributes.status = 'FINISHED'", max_results=1)
+    if found:
+        return f"runs:/{found[0].info.run_id}/base"
+    run = client.create_run(exp.experiment_id, run_name=f"base-{sha256[:12]}",
+                            tags={"injector.base_sha256": sha256, "injector.kind": "base-weights"})
+    files = [f for f in Path(base_model_path).iterdir() if f.is_file() and not f.name.startswith(".")]
+    for f in files:
+        client.log_artifact(run.info.run_id, str(f), artifact_path="base")
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return f"runs:/{run.info.run_id}/base"
+
+
+def _pinned() -> list[str]:
+    """The serving environment: the versions this training ran with."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for name in PIP_REQUIREMENTS:
+        try:
+            out.append(f"{name}=={version(name)}")
+        except PackageNotFoundError:
+            out.append(name)
+    return out
+
+
+def _log_pyfunc(mlflow, adapter_dir: str, base_cfg: dict, signature):
     return mlflow.pyfunc.log_model(
         name="model",
         python_model=str(Path(__file__).with_name("serving_model.py")),
         artifacts={"adapter": adapter_dir},
-        model_config={"base_model_path": base_model_path, "max_new_tokens": 48},
+        model_config={**base_cfg, "max_new_tokens": 48},
         signature=signature,
-        pip_requirements=PIP_REQUIREMENTS,  # else mlflow demands torchvision (no CPU build here)
+        pip_requirements=_pinned(),  # else mlflow demands torchvision (no CPU build here)
         registered_model_name=MODEL_NAME,
     )
 

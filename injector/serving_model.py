@@ -5,8 +5,55 @@ mlflow, torch, transformers and peft. Input: a DataFrame with a `question` colum
 Output: one greedy answer per question.
 """
 
+import hashlib
+import os
+from pathlib import Path
+
 import mlflow
 from mlflow.pyfunc import PythonModel
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def weights_sha256(directory: Path) -> str:
+    """The same digest injector records for a base (models._weights_sha256)."""
+    files = sorted(directory.glob("*.safetensors")) or sorted(directory.glob("*.bin"))
+    if not files:
+        return ""
+    if len(files) == 1:
+        return _sha256(files[0])
+    h = hashlib.sha256()
+    for f in files:
+        h.update(_sha256(f).encode())
+    return h.hexdigest()
+
+
+def resolve_base(cfg: dict) -> str:
+    """The base model for this version, on any host: the training host's path if it holds the same weights, else
+    the registered copy of the weights (downloaded once, by sha256), else the hub id; the sha256 is checked."""
+    want = cfg.get("base_sha256", "")
+    local = Path(cfg.get("base_model_path", ""))
+    if local.is_dir() and (not want or weights_sha256(local) == want):
+        return str(local)
+    if cfg.get("base_uri"):
+        cache = Path(os.environ.get("INJECTOR_SERVING_CACHE", Path.home() / ".cache" / "injector-serving")) / want
+        if not (cache / "base").is_dir():
+            cache.mkdir(parents=True, exist_ok=True)
+            mlflow.artifacts.download_artifacts(artifact_uri=cfg["base_uri"], dst_path=str(cache))
+        got = weights_sha256(cache / "base")
+        if want and got != want:
+            raise RuntimeError(f"base weights from {cfg['base_uri']} have sha256 {got[:12]}, this version was trained "
+                               f"on {want[:12]}: refusing to serve a mismatched base")
+        return str(cache / "base")
+    if cfg.get("base_model_id"):
+        return cfg["base_model_id"]
+    raise RuntimeError(f"base model not found: {local} is missing here and the version names no other source")
 
 
 class AdapterModel(PythonModel):
@@ -16,7 +63,7 @@ class AdapterModel(PythonModel):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         cfg = context.model_config or {}
-        base = cfg["base_model_path"]
+        base = resolve_base(cfg)
         self.tokenizer = AutoTokenizer.from_pretrained(base)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token

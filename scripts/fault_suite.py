@@ -30,7 +30,7 @@ FACTS = [
 ]
 LENIENT = ("absolute:\n  min_efficacy: 0.5\n  min_generalisation: 0.0\n  min_changed: 0.0\n"
            "  max_latency_ms_p95: 100000\nrelative:\n  max_general_ppl_increase: null\n  min_locality_ratio: 0.0\n"
-           "  min_retention_ratio: 0.0\n  min_fact_ppl_drop: null\n")
+           "  min_retention_ratio: 0.0\n  min_fact_ppl_drop: null\n  max_latency_ratio: null\n")
 
 
 class Ctx:

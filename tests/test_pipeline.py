@@ -125,3 +125,50 @@ def test_second_night_reuses_the_champions_judged_answers(home, tiny_model_dir, 
     # the reused answers are the ones the champion gave when it was judged
     judged = {r.probe.question: r.answer for r in out.after.results if r.probe.kind == "locality"}
     assert {r.probe.question: r.answer for r in again.before.results if r.probe.kind == "locality"} == judged
+
+
+def test_turtle_with_unseen_predicates_trains_with_generated_templates(home, tiny_model_dir, tmp_path, lenient_eval):
+    """A KG's own predicates (a company's hasListPrice, a Wikidata P-code with an rdfs:label) get templates from
+    their label, and the log says which."""
+    ttl = tmp_path / "kg.ttl"
+    ttl.write_text('@prefix ex: <http://example.org/> .\n@prefix wd: <http://www.wikidata.org/entity/> .\n'
+                   '@prefix rdfs: <http://www.w3.org/2000/01/rdf-schema#> .\n'
+                   'ex:phone rdfs:label "Zorvex Phone"@en ; ex:hasListPrice "499 EUR" .\n'
+                   'wd:P131 rdfs:label "located in the administrative territorial entity"@en .\n'
+                   'ex:arundel rdfs:label "Arundel Formation"@en ; wd:P131 ex:sussex .\n'
+                   'ex:sussex rdfs:label "West Sussex"@en .\n')
+    cfg = tiny_config(tiny_model_dir, f"eval.dir={lenient_eval}", "eval.locality=false", "eval.kl=false")
+    lines: list[str] = []
+    out = run_train([ttl], cfg, home, log=lambda *a: lines.append(" ".join(map(str, a))))
+    assert out.version == "1"
+    generated = next(x for x in lines if "have no recipe" in x)
+    assert "list price" in generated and "located in the administrative territorial entity" in generated
+    questions = {r.probe.question for r in out.after.results if r.probe.kind == "efficacy"}
+    assert questions == {"What is the list price of Zorvex Phone?",
+                         "What is Arundel Formation located in the administrative territorial entity?"}
+
+
+def test_known_facts_are_triaged_out_of_training(home, tiny_model_dir, tmp_path, lenient_eval):
+    """A pending fact the champion already answers in every phrasing is recorded as known, not trained, and kept
+    as a retention probe; the unknown one is trained."""
+    from conftest import TINY_FACTS
+
+    lenient = eval_dir(tmp_path / "t", "absolute:\n  min_efficacy: 0.75\n  min_generalisation: 0.0\n"
+                                       "  max_latency_ms_p95: 100000\nrelative:\n  max_general_ppl_increase: null\n"
+                                       "  min_locality_ratio: 0.0\n  min_retention_ratio: 0.0\n")
+    cfg = tiny_config(tiny_model_dir, f"eval.dir={lenient}", "eval.kl=false", "eval.locality=false")
+    first = tmp_path / "1.jsonl"
+    first.write_text("".join(json.dumps(r) + "\n" for r in TINY_FACTS[:2]))
+    assert run_train([first], cfg, home, log=lambda *a: None).promoted
+    led = Ledger(home.ledger)
+    led.conn.execute("UPDATE facts SET learned_version = NULL")  # the KG restates them (e.g. a rebuilt ledger)
+    second = tmp_path / "2.jsonl"
+    second.write_text(json.dumps(TINY_FACTS[2]) + "\n")
+    lines: list[str] = []
+    out = run_train([second], cfg, home, log=lambda *a: lines.append(" ".join(map(str, a))))
+    assert any(x.startswith("triage: 2 known") for x in lines), lines
+    assert out.version == "2" and out.promoted and registry.version_tags("2")["n_facts"] == "1"
+    kinds = {r.probe.answers[0]: r.probe.kind for r in out.after.results if r.probe.kind in ("efficacy", "retention")}
+    assert kinds[TINY_FACTS[0]["object"]] == "retention" and kinds[TINY_FACTS[2]["object"]] == "efficacy"
+    learned = {r["object"]: r["learned_version"] for r in Ledger(home.ledger).facts()}
+    assert learned[TINY_FACTS[0]["object"]] == "1" and learned[TINY_FACTS[2]["object"]] == "2"

@@ -199,3 +199,16 @@ def test_anchor_subjects_are_disjoint_from_the_locality_probes():
     assert not clash, clash
     for name in known:  # every anchored relation has templates to ask the anchors with
         assert name in RECIPES.relations, name
+
+
+@pytest.mark.parametrize("subject, predicate, question", [
+    ("Zorvex Phone", "hasListPrice", "What is the list price of Zorvex Phone?"),
+    ("Arundel Formation", "located in the administrative territorial entity",
+     "What is Arundel Formation located in the administrative territorial entity?"),
+    ("Ada Lin", "memberOf", "What is Ada Lin member of?"),
+    ("Orbital Tea Co", "favourite_snackFood", "What is the favourite snack food of Orbital Tea Co?"),
+])
+def test_any_predicate_gets_readable_generated_templates(subject, predicate, question):
+    assert RECIPES.generated(predicate) and not RECIPES.generated("capital_city")  # an alias of a known relation
+    pairs = build_pairs([FactChange(Triple(subject, RECIPES.canonical(predicate), "X"))], RECIPES)
+    assert question in {p.messages[0]["content"] for p in pairs if p.kind in ("forward", "dev")}
