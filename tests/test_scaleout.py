@@ -65,7 +65,7 @@ def postgres():
     try:
         subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-c", "CREATE DATABASE mlflow"],
                        check=True, capture_output=True)
-        yield f"postgresql://postgres@127.0.0.1:{port}/mlflow"
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/mlflow"  # SQLAlchemy 2.1's default driver is psycopg 3
     finally:
         subprocess.run([*as_pg, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
