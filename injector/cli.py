@@ -226,13 +226,14 @@ def recipes_preview(
     n: int = typer.Option(5, "--n", help="How many facts to show."),
     config: Path | None = CONFIG,
     json_out: bool = typer.Option(False, "--json", help="JSON list of {fact, kind, messages}."),
+    overrides: list[str] | None = OVERRIDES,
 ) -> None:
     """Show the instruction pairs the recipes build for the first N facts of FILE (nothing is trained)."""
     from injector.ingest import read_batch
     from injector.recipes import build_pairs, load_recipes
     from injector.records import FactChange
 
-    cfg = _config(config, None)
+    cfg = _config(config, overrides)
     recipes = load_recipes(cfg.content_path(cfg.recipes.dir), cfg.recipes.language)
     batch = read_batch([file], recipes.single_valued, "delta", cfg.ingest.language, cfg.ingest.max_field_length)
     triples = batch.triples[:n]
@@ -265,13 +266,14 @@ def ask(
     config: Path | None = CONFIG,
     max_new_tokens: int = typer.Option(64, help="Longest answer, in tokens."),
     json_out: bool = JSON,
+    overrides: list[str] | None = OVERRIDES,
 ) -> None:
     """Print the model's answer (chat template applied, greedy decoding)."""
     from injector.evaluate import generate
 
     if not question.strip():
         raise InjectorError("ask: the question is empty")
-    cfg = _config(config, None)
+    cfg = _config(config, overrides)
     mdl, tok = _load_model(model, cfg)
     text = tok.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
                                    tokenize=False)
@@ -312,12 +314,13 @@ def eval_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print JSON: {by_kind: {kind: {n, accuracy}}, overall}."),
     context: Path | None = typer.Option(None, "--context", help="In-context baseline: state the facts of this "
                                                                    "triples file in the prompt (no training)."),
+    overrides: list[str] | None = OVERRIDES,
 ) -> None:
     """Answer each question by generation and report accuracy per kind and overall."""
     from injector.evaluate import evaluate, in_context
     from injector.probes import read_questions
 
-    cfg = _config(config, None)
+    cfg = _config(config, overrides)
     probes = read_questions(questions)
     if context is not None:
         from injector.ingest import read_batch
@@ -497,7 +500,9 @@ def bench(
                                                           "INJECTOR_HOME/bench; replaced on every run)."),
     out: Path | None = typer.Option(Path("docs/BENCHMARKS.md"), "--out", help="Markdown file whose generated "
                                                                               "section is replaced (--out '' skips)."),
-    json_out: Path | None = typer.Option(None, "--json", help="Also write the raw results here."),
+    json_out: bool = typer.Option(False, "--json", help="Print the raw results as one JSON object on stdout "
+                                                        "(the tables go to stderr)."),
+    results: Path | None = typer.Option(None, "--results", help="Also write the raw results to this file."),
     overrides: list[str] | None = OVERRIDES,
 ) -> None:
     """Injection quality and speed on third-party benchmarks (zsRE, MQuAKE-CF) against baselines: one table each."""
@@ -514,19 +519,21 @@ def bench(
     _config(config, overrides)  # a bad config fails before any work
     home = _home().ensure()
     work = work or home.root / "bench"
-    results = {}
+    raw: dict = {}
     for b in names:
         sl = B.load_slice(b, data, n, seed)
-        results[b] = B.run_benchmark(sl, config, list(overrides or []), work, rows, nights, home.models,
-                                     log=lambda *a: print(*a, file=sys.stderr))
-        table = B.tables({b: results[b]})
-        print(table, flush=True)
+        raw[b] = B.run_benchmark(sl, config, list(overrides or []), work, rows, nights, home.models,
+                                 log=lambda *a: print(*a, file=sys.stderr))
+        table = B.tables({b: raw[b]})
+        print(table, flush=True, file=sys.stderr if json_out else sys.stdout)
         if out and str(out):  # each benchmark's block as soon as it is done
             cmd = "injector bench " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "injector bench"
             B.write_doc(out, b, B.header(cmd, n, seed) + "\n" + table)
             print(f"wrote the {b} block of {out}", file=sys.stderr)
-        if json_out:
-            json_out.write_text(json.dumps(results, indent=2, default=str))
+        if results:
+            results.write_text(json.dumps(raw, indent=2, default=str))
+    if json_out:
+        print(json.dumps(raw, indent=2, default=str))
 
 
 def main() -> None:

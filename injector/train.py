@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from injector.config import TrainConfig
-from injector.errors import InjectorError
+from injector.errors import InfraError, InjectorError
 from injector.records import InstructionPair, TrainResult
 from injector.timing import timed
 
@@ -368,12 +368,16 @@ def train_lora(
     try:
         with timed("training"):
             output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    except BaseException:
+    except BaseException as e:
         for cb in trainer.callback_handler.callbacks:  # close the bars now: the error is the last line printed
             for bar in ("training_bar", "prediction_bar"):
                 if getattr(cb, bar, None) is not None:
                     getattr(cb, bar).close()
                     setattr(cb, bar, None)
+        if isinstance(e, torch.OutOfMemoryError):
+            raise InfraError(f"out of memory training at batch {cfg.batch_size} x {cfg.max_length} tokens: lower "
+                             "train.batch_size (raise train.grad_accum to keep the effective batch), set "
+                             "train.gradient_checkpointing=true, or use model.quantization=nf4 on a GPU") from None
         raise
     wall = time.perf_counter() - start
     epochs_done = float(trainer.state.epoch or cfg.epochs)

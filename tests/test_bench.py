@@ -82,7 +82,7 @@ def test_bench_runs_end_to_end_on_the_tiny_model(tmp_path, data, tiny_model_dir,
     out = subprocess.run(
         [INJECTOR, "bench", "--data", str(data), "--n", "5", "--config", str(cfg), "--nights", "2",
          "--variants", "injector,naive LoRA",
-         "--out", str(doc), "--json", str(raw), "--work", str(tmp_path / "work"),
+         "--out", str(doc), "--results", str(raw), "--work", str(tmp_path / "work"),
          "train.learning_rate=0.003", "train.epochs=4", "train.batch_size=8", "train.grad_accum=1",
          "train.max_length=96", "train.patience=0",
          "train.min_steps=0", "eval.max_new_tokens=8", "eval.latency_samples=1",

@@ -34,7 +34,8 @@ def _train(home: Path, facts: Path, overrides: list[str], nproc: int) -> subproc
     if nproc == 1:
         cmd = [sys.executable, "-m", "injector"]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
+        # the README's command: OMP_NUM_THREADS=1 .venv/bin/torchrun --nproc_per_node 2 -m injector train ...
+        cmd = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", str(nproc), "--master_port",
                str(_port()), "-m", "injector"]
     return subprocess.run([*cmd, "train", "--triples", str(facts), "--json", *overrides], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=900)
