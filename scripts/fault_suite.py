@@ -385,7 +385,7 @@ def quarantine(c: Ctx):
 def eval_forbidden(c: Ctx):
     h = trained_home(c)
     q = c.file("q.jsonl", [{"question": "Who is the CEO of Zorvex Dynamics?", "answers": ["Marlena Quist"],
-                            "forbidden": "Tobias"}, ])
+                            "forbidden": "Nobody Else"}, ])
     bad = c.file("bad.jsonl", raw=b'{"question": "x\xff", "answers": ["a"]}\n')
     p = c.run(h, "eval", "--questions", q, "--json")
     b = c.run(h, "eval", "--questions", bad)
