@@ -135,3 +135,30 @@ def eval_dir(tmp_path: Path, gate_yaml: str) -> Path:
     shutil.copytree(ROOT / "eval", d)
     (d / "gate.yaml").write_text(yaml.safe_dump(tree))
     return d
+
+
+def free_port() -> int:
+    """A free TCP port on loopback (for servers the tests start)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, proc, timeout: float = 120) -> None:
+    """Until `url` answers, or fail with the server's last words if it exits."""
+    import time
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode()[-2000:] if proc.stderr else ""
+            raise RuntimeError(f"{proc.args[0]} exited: {err}")
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except Exception:
+            time.sleep(0.5)
+    raise TimeoutError(url)

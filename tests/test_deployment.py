@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,16 +12,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TINY_FACTS, eval_dir
+from conftest import ROOT, TINY_FACTS, eval_dir, free_port
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _prefect(*args, env, timeout=300) -> subprocess.CompletedProcess:
@@ -31,7 +24,7 @@ def _prefect(*args, env, timeout=300) -> subprocess.CompletedProcess:
 
 
 def test_deployment_runs_the_nightly_flow_on_a_real_server(tmp_path, tiny_model_dir, monkeypatch):
-    port = _port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_TRACKING_URI"))}
     env.update({"PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
                 "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "INJECTOR_HOME": str(tmp_path / "home"),

@@ -7,25 +7,18 @@ from __future__ import annotations
 import glob
 import json
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TINY_FACTS, eval_dir
+from conftest import ROOT, TINY_FACTS, eval_dir, free_port
 
 # the relative L2 distance between the adapters of a 2-process run and a 1-process run with the same global batch:
 # the data loss and EWC are the same; the two ranks distil on distinct replay batches where one process draws one
 # (measured 0.007 on this test's setup)
 TOLERANCE = 0.05
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _train(home: Path, facts: Path, overrides: list[str], nproc: int) -> subprocess.CompletedProcess:
@@ -36,7 +29,7 @@ def _train(home: Path, facts: Path, overrides: list[str], nproc: int) -> subproc
     else:
         # the README's command: OMP_NUM_THREADS=1 .venv/bin/torchrun --nproc_per_node 2 -m injector train ...
         cmd = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", str(nproc), "--master_port",
-               str(_port()), "-m", "injector"]
+               str(free_port()), "-m", "injector"]
     return subprocess.run([*cmd, "train", "--triples", str(facts), "--json", *overrides], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=900)
 

@@ -2,10 +2,8 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -90,36 +88,17 @@ def test_champion_moves_only_if_unchanged_and_rolls_back(home, tiny_model_dir, a
     assert registry.version_tags(v3)["rolled_back"].startswith("champion moved back")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.stderr.read().decode()[-2000:]}")
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return
-        except Exception:
-            time.sleep(0.5)
-    raise TimeoutError(url)
-
-
 def _mlflow_bin() -> str:
     return str(Path(sys.executable).with_name("mlflow"))
 
 
 def test_real_mlflow_server_register_promote_rollback_and_serve(tmp_path, tiny_model_dir, tiny_facts_file,
                                                                adapter_dir, monkeypatch):
-    from conftest import eval_dir, tiny_config
+    from conftest import eval_dir, free_port, tiny_config, wait_http
 
     from injector.pipeline import run_train
 
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [_mlflow_bin(), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
          "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
@@ -127,7 +106,7 @@ def test_real_mlflow_server_register_promote_rollback_and_serve(tmp_path, tiny_m
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
     serve = None
     try:
-        _wait_http(f"http://127.0.0.1:{port}/health", server)
+        wait_http(f"http://127.0.0.1:{port}/health", server)
         monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
         home = Home.from_env(tmp_path / "home").ensure()
         assert home.tracking_uri.startswith("http://")
@@ -145,14 +124,14 @@ def test_real_mlflow_server_register_promote_rollback_and_serve(tmp_path, tiny_m
         assert (tmp_path / "server-artifacts").exists()  # artifacts went through the server
 
         # the champion, served by `mlflow models serve` in a fresh process, answers a trained fact over HTTP
-        sport = _free_port()
+        sport = free_port()
         serve = subprocess.Popen(
             [_mlflow_bin(), "models", "serve", "-m", "models:/injector@champion", "--env-manager", "local",
              "--host", "127.0.0.1", "--port", str(sport)],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             env={**os.environ, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}",
                  "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})  # it execs uvicorn
-        _wait_http(f"http://127.0.0.1:{sport}/ping", serve, timeout=120)
+        wait_http(f"http://127.0.0.1:{sport}/ping", serve, timeout=120)
         req = urllib.request.Request(f"http://127.0.0.1:{sport}/invocations",
                                      data=json.dumps({"inputs": ["Who is the CEO of Zorvex Dynamics?"]}).encode(),
                                      headers={"Content-Type": "application/json"})

@@ -10,42 +10,20 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import eval_dir, tiny_config
+from conftest import eval_dir, free_port, tiny_config, wait_http
 
 pytestmark = pytest.mark.slow
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _pg_bin(name: str) -> str | None:
     found = shutil.which(name) or sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
     return found if isinstance(found, str) else (found[-1] if found else None)
-
-
-def _wait(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}")
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return
-        except Exception:
-            time.sleep(0.5)
-    raise TimeoutError(url)
 
 
 @pytest.fixture()
@@ -57,7 +35,7 @@ def postgres():
     root = Path(tempfile.mkdtemp(prefix="injector-pg-", dir="/tmp"))
     if as_pg:
         shutil.chown(root, "postgres")
-    data, port = root / "data", _port()
+    data, port = root / "data", free_port()
     subprocess.run([*as_pg, initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"], check=True,
                    capture_output=True)
     subprocess.run([*as_pg, pg_ctl, "-D", str(data), "-l", str(root / "log"), "-w", "start", "-o",
@@ -75,7 +53,7 @@ def postgres():
 def s3(monkeypatch):
     pytest.importorskip("moto", reason="moto[server] not installed (pip install 'moto[server]')")
     boto3 = pytest.importorskip("boto3")
-    port = _port()
+    port = free_port()
     proc = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
@@ -83,7 +61,7 @@ def s3(monkeypatch):
                  "AWS_DEFAULT_REGION": "us-east-1", "MLFLOW_S3_ENDPOINT_URL": url}.items():
         monkeypatch.setenv(k, v)
     try:
-        _wait(url + "/moto-api/", proc)
+        wait_http(url + "/moto-api/", proc)
         client = boto3.client("s3", endpoint_url=url)
         client.create_bucket(Bucket="mlflow")
         yield client
@@ -99,13 +77,13 @@ def test_one_night_on_postgres_and_s3(tmp_path, postgres, s3, tiny_model_dir, ti
     from injector.home import Home
     from injector.pipeline import run_train
 
-    port = _port()
+    port = free_port()
     server = subprocess.Popen(
         [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port),
          "--workers", "1", "--backend-store-uri", postgres, "--artifacts-destination", "s3://mlflow/artifacts"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
     try:
-        _wait(f"http://127.0.0.1:{port}/health", server)
+        wait_http(f"http://127.0.0.1:{port}/health", server)
         monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
         home = Home.from_env(tmp_path / "home").ensure()
         lenient = eval_dir(tmp_path, "absolute:\n  min_efficacy: 0.75\n  min_generalisation: 0.0\n"
