@@ -29,6 +29,11 @@ class BaseModelRef:
     path: str  # what from_pretrained loads (a local dir or a hub id)
     sha256: str  # of the weights; identifies the base in caches and the registry
 
+    @property
+    def hub_id(self) -> str:
+        """The Hugging Face id a serving host can fetch this base by ("" for the embedded model or a local dir)."""
+        return "" if self.name == "embedded" or Path(self.name).expanduser().is_dir() else self.name
+
 
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
@@ -183,7 +188,7 @@ def load_tokenizer(path: str):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(path)
-    if not getattr(tok, "chat_template", None):
+    if not tok.chat_template:
         raise InjectorError(f"base model {path} has no chat template: injector trains and asks in chat form; use an "
                             "instruct/chat model, or add a `chat_template` to its tokenizer_config.json")
     if tok.pad_token is None:

@@ -355,11 +355,12 @@ def record_candidate(plan: Plan, result: TrainResult, after: EvalReport, decisio
             **{f"gate.{c.name}": f"{c.value:.4f} {c.op} {c.bound:g}: {_verdict(c)}" for c in decision.checks}}
     with timed("registration"):
         version = registry.log_adapter(run_id, result.adapter_dir, plan.base.path, tags, plan.base.sha256,
-                                       plan.base.name)
+                                       plan.base.hub_id)
         promoted = decision.passed and registry.move_champion(version, plan.current, "gate passed")
     if promoted:  # tomorrow's reference is this candidate: its general-knowledge answers and PPL are known now
-        _save_answers(home, model_key(plan.base.sha256, version), cfg, after)
-        _save_ppl(home, model_key(plan.base.sha256, version), cfg, after.extra.get("general_ppl"))
+        key = model_key(plan.base.sha256, version)
+        _save_answers(home, key, cfg, after)
+        _save_ppl(home, key, cfg, after.extra.get("general_ppl"))
     if decision.passed and not promoted:
         log("the champion changed while this run was gated; not promoted (run `injector promote` to re-gate)")
     ledger = Ledger(home.ledger)

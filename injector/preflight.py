@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 from injector.config import Config
-from injector.errors import InfraError, InjectorError
+from injector.errors import InfraError
 from injector.home import Home
 
 # LoRA adapter + optimizer state of a checkpoint (x2 kept) + the registered copy, as a share of the base weights:
@@ -84,5 +84,3 @@ def run_preflight(cfg: Config, home: Home, log=print):
         log(f"marked {len(failed)} orphaned MLflow run(s) of killed processes as FAILED: {', '.join(failed)}")
     return base
 
-
-__all__ = ["run_preflight", "check_weights", "check_disk", "check_model", "InjectorError"]

@@ -144,7 +144,7 @@ def log_artifacts(run_id: str, paths: list[Path], artifact_path: str | None = No
 
 
 def log_adapter(run_id: str, adapter_dir: str, base_model_path: str, tags: dict[str, str],
-                base_sha256: str = "", base_name: str = "") -> str:
+                base_sha256: str = "", base_hub_id: str = "") -> str:
     """Log the adapter as a pyfunc model (code + adapter) and register a new version.
 
     The version carries what a serving host needs to find the base without this machine: the base weights' sha256
@@ -162,8 +162,7 @@ def log_adapter(run_id: str, adapter_dir: str, base_model_path: str, tags: dict[
         version = str(max(int(mv.version) for mv in done))
     else:
         base_cfg = {"base_model_path": base_model_path, "base_sha256": base_sha256,
-                    "base_model_id": base_name if base_name and not Path(base_name).exists() and
-                    base_name != "embedded" else "",
+                    "base_model_id": base_hub_id,
                     "base_uri": log_base(base_model_path, base_sha256) if base_sha256 else ""}
         with mlflow.start_run(run_id=run_id):
             info = _log_pyfunc(mlflow, adapter_dir, base_cfg, signature)
