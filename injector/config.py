@@ -59,7 +59,17 @@ class TrainConfig(_Section):
     min_steps: int = Field(90, ge=0)
     batch_size: int = Field(8, ge=1)
     grad_accum: int = Field(2, ge=1)  # effective batch 16 (the measured runs)
-    max_length: int = Field(128, ge=16)  # a fact pair is ~40-70 tokens with the chat template
+    # true: a small night reaches `min_steps` with smaller optimizer steps (grad_accum lowered, train.planned_accum)
+    # instead of more passes: half the tokens of a 12-fact night (482 s instead of ~830 s), but measured worse
+    # (held-out paraphrase 1.00 -> 0.83, locality 0.86 -> 0.75 of base; docs/BENCHMARKS.md): off by default
+    shrink_steps: bool = False
+    max_length: int = Field(128, ge=16)  # per pair: a fact pair is ~40-70 tokens with the chat template
+    # pairs of different facts per training conversation (train.pack_rows): the template's prefix is paid once per
+    # conversation, not per pair; `batch_size` still counts pairs, so the optimizer steps per epoch are unchanged.
+    # 1 (off): measured on the demo (docs/BENCHMARKS.md), 4 cut the tokens 28% but a step only 5% (a step's time is
+    # a third distillation) and lost quality (efficacy 0.96 -> 0.83, held-out paraphrase 0.83 -> 0.58, together
+    # with distill_general_only): a fact learned mid-conversation is not the fact asked first
+    pack: int = Field(1, ge=1)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     patience: int = Field(3, ge=0)  # early stopping on the dev split; 0 disables
     dev_fraction: float = Field(0.1, ge=0, lt=0.5)
@@ -74,6 +84,13 @@ class TrainConfig(_Section):
     # +45% -> +0.6%, locality 0.77 -> 0.93 of base on the demo)
     distill_weight: float = Field(3.0, ge=0)
     distill_batch_size: int = Field(2, ge=1)  # replay sequences distilled per micro-step
+    # "step": one KD batch per optimizer step instead of per micro-batch: a KD pass is a third of a micro-step on a
+    # CPU, the demo's training 457 -> 375 s, but measured worse (efficacy 0.96 -> 0.92, held-out paraphrase 0.83 ->
+    # 0.75, locality 0.95 -> 0.91 of base; docs/BENCHMARKS.md): every micro-batch by default
+    distill_every: Literal["micro_batch", "step"] = "micro_batch"
+    # true: self-distilled general replay is trained by distillation alone (train.supervised), ~20% fewer tokens;
+    # off by default: measured with pack=4, locality fell 0.95 -> 0.88 of the reference (docs/BENCHMARKS.md)
+    distill_general_only: bool = False
     distill_top_k: int = Field(32, ge=1)
     seed: int = 0
     lora: LoraConfig = LoraConfig()

@@ -38,20 +38,36 @@ def _logits(model, input_ids, attention_mask, pos):
 
 
 @torch.no_grad()
-def teacher_batches(model, batches: list[dict], k: int = 32) -> list[TeacherBatch]:
+def teacher_batches(model, batches: list[dict], k: int = 32, group: int = 8) -> list[TeacherBatch]:
     """The model's top-k next-token distribution at every position of each batch (computed once), kept on the
-    model's device: each training step then reads it without a host-to-device copy."""
+    model's device: each training step then reads it without a host-to-device copy. `group` batches share one
+    forward pass (right padding: a row's logits do not depend on the padding after it), which is ~2x faster on a
+    CPU than many passes of 2 sequences."""
     from tqdm.auto import tqdm
 
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     out = []
-    for b in tqdm(batches, desc="teacher pass", unit="batch", disable=len(batches) < 8):
-        ids, mask = b["input_ids"].to(device), b["attention_mask"].to(device)
+    chunks = [batches[i: i + group] for i in range(0, len(batches), group)]
+    for chunk in tqdm(chunks, desc="teacher pass", unit="batch", disable=len(chunks) < 4):
+        width = max(b["input_ids"].shape[1] for b in chunk)
+
+        def pad(t, w=width):
+            return torch.nn.functional.pad(t, (0, w - t.shape[1]))
+
+        ids = torch.cat([pad(b["input_ids"]) for b in chunk]).to(device)
+        mask = torch.cat([pad(b["attention_mask"]) for b in chunk]).to(device)
         pos = _positions(mask)
         top = torch.log_softmax(_logits(model, ids, mask, pos), dim=-1).topk(k, dim=-1)
-        out.append(TeacherBatch(ids, mask, top.indices, top.values))
+        per_row = pos.sum(1).tolist()
+        start = row = 0
+        for b in chunk:
+            rows = b["input_ids"].shape[0]
+            n = sum(per_row[row: row + rows])
+            out.append(TeacherBatch(b["input_ids"].to(device), b["attention_mask"].to(device),
+                                    top.indices[start: start + n].clone(), top.values[start: start + n].clone()))
+            start, row = start + n, row + rows
     model.train(was_training)
     return out
 

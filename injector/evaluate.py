@@ -74,8 +74,8 @@ def generate(model, tokenizer, chats: Sequence[list[dict]], max_new_tokens: int 
 def measure_latency(model, tokenizer, probes: Sequence[Probe], max_new_tokens: int, n: int,
                     repeats: int = 3) -> tuple[float, float]:
     """p50/p95 over probes of the milliseconds to answer one probe alone (batch 1), after one warm-up."""
-    sample = list(probes)[: max(n, 1)]
-    if not sample:
+    sample = list(probes)[:n]
+    if not sample:  # n = 0: not timed
         return float("nan"), float("nan")
     generate(model, tokenizer, [_chat(sample[0])], max_new_tokens, 1)
     times = []
@@ -91,7 +91,7 @@ def measure_latency(model, tokenizer, probes: Sequence[Probe], max_new_tokens: i
     return statistics.median(times), p95
 
 
-SHORT_ANSWER_KINDS = ("efficacy", "generalisation", "reverse", "changed", "retention")
+SHORT_ANSWER_KINDS = ("efficacy", "generalisation", "other_family", "reverse", "changed", "retention")
 _SLACK = 10  # tokens beyond the expected answer: room for "The capital of X is ..." before the answer
 
 

@@ -20,6 +20,8 @@ class Absolute(_Strict):
     min_efficacy: float = Field(0.85, ge=0, le=1)
     min_generalisation: float = Field(0.5, ge=0, le=1)
     min_changed: float = Field(0.85, ge=0, le=1)
+    # held-out phrasings of another family (eval/phrasings.<lang>.yaml); None: reported, not gated
+    min_other_family: float | None = Field(None, ge=0, le=1)
     # gated only where the reference itself meets it (else reported as information): the same weights answer in
     # 381 ms on one 2-core machine and 753 ms on another; what a candidate can change is caught by the ratio below
     max_latency_ms_p95: float = Field(500.0, gt=0)
@@ -86,6 +88,8 @@ def decide(metrics: dict[str, float], thresholds: Thresholds, reference: dict[st
         checks.append(_check("generalisation", metrics.get("generalisation"), a.min_generalisation, ">="))
     if n("changed"):
         checks.append(_check("changed", metrics.get("changed"), a.min_changed, ">="))
+    if n("other_family") and a.min_other_family is not None:
+        checks.append(_check("other_family", metrics.get("other_family"), a.min_other_family, ">="))
     for kind, bound in (("locality", r.min_locality_ratio), ("retention", r.min_retention_ratio)):
         if not n(kind):
             continue

@@ -254,8 +254,25 @@ def build_pairs(changes: list[FactChange], recipes: Recipes, seed: int | None = 
     return pairs
 
 
-def build_probes(changes: list[FactChange], recipes: Recipes) -> list[Probe]:
-    """Evaluation probes: efficacy (a trained phrasing), generalisation and reverse (held out), changed."""
+def load_phrasings(path: Path) -> dict[str, tuple[str, ...]]:
+    """Held-out phrasings of another family (eval/phrasings.<lang>.yaml), per relation plus `generic` and
+    `generic_verb`; a missing file: none. One clear error naming the file and key."""
+    if not path.exists():
+        return {}
+    tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    out: dict[str, tuple[str, ...]] = {}
+    for key, items in [*(tree.get("relations") or {}).items(), *((k, tree[k]) for k in ("generic", "generic_verb")
+                                                                 if k in tree)]:
+        if not isinstance(items, list) or not all(isinstance(x, str) and "{subject}" in x for x in items):
+            raise InjectorError(f"{path}: {key}: expected a list of phrasings, each with {{subject}}")
+        out[key if key.startswith("generic") else normalise_predicate(key)] = tuple(items)
+    return out
+
+
+def build_probes(changes: list[FactChange], recipes: Recipes,
+                 other: dict[str, tuple[str, ...]] | None = None) -> list[Probe]:
+    """Evaluation probes: efficacy (a trained phrasing), generalisation and reverse (held out, the recipes' own
+    family), changed, and other_family (phrasings no training template produced: `load_phrasings`)."""
     unique = _unique_reverse(changes)
     probes: list[Probe] = []
     for change in changes:
@@ -273,6 +290,9 @@ def build_probes(changes: list[FactChange], recipes: Recipes) -> list[Probe]:
         probes.append(Probe(question=trained[0], answers=(t.object,), kind="efficacy", **common))
         probes += [Probe(question=h, answers=(t.object,), kind="generalisation", **common) for h in held]
         probes += [Probe(question=r, answers=(t.subject,), kind="reverse", **common) for r in reverse_held]
+        if other and not t.question:
+            probes += [Probe(question=_fill(x, t), answers=(t.object,), kind="other_family", **common)
+                       for x in other.get(rel.name, ())]
         if change.kind == "changed":
             probes.append(Probe(question=trained[0], answers=(t.object,), kind="changed", **common))
     return probes

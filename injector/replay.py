@@ -71,10 +71,29 @@ def replay_budget(n_new: int, new: int, replay: int) -> int:
     return round(n_new * replay / new) if replay else 0
 
 
-def old_fact_pairs(facts: list[Triple], recipes: Recipes, n: int, rng: random.Random) -> list[InstructionPair]:
-    """One forward question per sampled earlier fact (active, learned; the ledger never returns retracted)."""
+def neighbours_first(facts: list[Triple], batch: list[Triple], recipes: Recipes, n: int,
+                     rng: random.Random) -> list[Triple]:
+    """Up to `n` earlier facts, the batch's neighbourhood first: the same subject's other facts (what an edit of the
+    subject puts at risk), then other subjects' facts of the batch's relations, then the rest; random within each."""
+    subjects = {t.subject.lower() for t in batch}
+    relations = {recipes.relation(t.predicate).name for t in batch if not t.question}
+    tiers: list[list[Triple]] = [[], [], []]
+    for t in facts:
+        tier = 0 if t.subject.lower() in subjects else 1 if (not t.question and recipes.relation(
+            t.predicate).name in relations) else 2
+        tiers[tier].append(t)
+    out: list[Triple] = []
+    for tier in tiers:
+        out += rng.sample(tier, min(n - len(out), len(tier)))
+    return out
+
+
+def old_fact_pairs(facts: list[Triple], recipes: Recipes, n: int, rng: random.Random,
+                   batch: list[Triple] = ()) -> list[InstructionPair]:
+    """One forward question per sampled earlier fact (active, learned; the ledger never returns retracted), the
+    batch's neighbours first (`neighbours_first`)."""
     pairs = []
-    for t in rng.sample(facts, min(n, len(facts))):
+    for t in neighbours_first(facts, list(batch), recipes, n, rng):
         rel = recipes.relation(t.predicate)
         if t.question:
             q, a = t.question, _short(t.object)

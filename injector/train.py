@@ -65,6 +65,55 @@ def to_records(pairs: list[InstructionPair]) -> list[dict]:
     ]
 
 
+def _chat_ids(tokenizer, messages: list[dict], prompt: bool = False) -> list[int]:
+    out = tokenizer.apply_chat_template(messages, add_generation_prompt=prompt, tokenize=True)
+    return list(out["input_ids"] if hasattr(out, "keys") else out)
+
+
+def _packed_row(tokenizer, group: list[InstructionPair]) -> dict | None:
+    """One conversation made of the pairs' turns, the loss on each pair's answer; None where the chat template does
+    not render a conversation as the concatenation of its turns (then the pairs are not packed)."""
+    msgs = [m for p in group for m in p.messages]
+    ids = _chat_ids(tokenizer, msgs)
+    mask = [0] * len(ids)
+    end = 0
+    for p in group:
+        end += len(p.messages)
+        prompt = _chat_ids(tokenizer, msgs[: end - 1], prompt=True)
+        upto = len(_chat_ids(tokenizer, msgs[:end])) if end < len(msgs) else len(ids)
+        if len(group) > 1 and (ids[: len(prompt)] != prompt or upto < len(prompt)):
+            return None  # (a single pair is masked the way TRL masks a prompt/completion pair)
+        mask[len(prompt): upto] = [1] * (upto - len(prompt))
+    return {"input_ids": ids, "completion_mask": mask}
+
+
+def pack_rows(pairs: list[InstructionPair], tokenizer, pack: int, max_tokens: int, seed: int = 0) -> list[dict]:
+    """Pairs as multi-turn conversations of up to `pack` pairs (of different facts) and `max_tokens` tokens, the loss
+    on every answer: the chat template's prefix (SmolLM2's default system prompt is 16 of a pair's ~56 tokens) is
+    paid once per conversation instead of once per pair. The first pair of each conversation is asked exactly as a
+    user asks it; the others follow earlier, unrelated turns. Deterministic by seed."""
+    import random
+
+    order = list(pairs)
+    random.Random(seed).shuffle(order)
+    groups: list[list[InstructionPair]] = []
+    for p in order:  # first group with room and no pair of the same fact (an answer must not be copied from context)
+        home = next((g for g in groups[-pack:] if len(g) < pack
+                     and not (p.fact_id and any(q.fact_id == p.fact_id for q in g))), None)
+        if home is None:
+            groups.append([p])
+        else:
+            home.append(p)
+    rows = []
+    for group in groups:
+        row = _packed_row(tokenizer, group) if len(group) > 1 else None
+        if row is not None and len(row["input_ids"]) <= max_tokens:
+            rows.append(row)
+        else:  # too long, or a template that does not concatenate: one conversation per pair
+            rows += [_packed_row(tokenizer, [p]) for p in group]
+    return rows
+
+
 def fingerprint(pairs: list[InstructionPair], base_sha: str, cfg: TrainConfig, init: str | None) -> dict[str, str]:
     """What a resumed run must share with the interrupted one."""
     data = hashlib.sha256(json.dumps([[p.messages, p.kind, p.origin] for p in pairs]).encode()).hexdigest()
@@ -89,6 +138,7 @@ def _trainer_class():
         last_ewc = 0.0
         distill = None  # distill.Cycler of teacher batches
         distill_weight: float = 0.0
+        distill_every = "micro_batch"
         last_kd = 0.0
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -115,12 +165,16 @@ def _trainer_class():
                 pen = ewc.penalty(self.accelerator.unwrap_model(model), self.ewc_anchor, self.ewc_fisher)
                 self.last_ewc = pen.detach()  # a tensor: read at logging time, no host sync per step
                 loss = loss + self.ewc_lambda * pen / steps  # once per optimizer step in total
-            if self.distill is not None and self.distill_weight > 0 and model.training:
+            once = self.distill_every == "step" and num_items_in_batch is not None
+            if self.distill is not None and self.distill_weight > 0 and model.training and \
+                    (not once or self.accelerator.sync_gradients):
+                # every micro-batch (weight / accumulation steps), or once per optimizer step at its last micro-batch
+                # (train.distill_every)
                 from injector.distill import kd_loss
 
                 kd = kd_loss(self.accelerator.unwrap_model(model), self.distill.next())
                 self.last_kd = kd.detach()
-                loss = loss + self.distill_weight * kd / steps
+                loss = loss + self.distill_weight * kd / (1 if once else steps)
             return (loss, None) if return_outputs else loss
 
         def log(self, logs, *args, **kwargs):
@@ -198,9 +252,37 @@ def last_complete_checkpoint(ckpt_dir: Path, marker: dict) -> Path | None:
     return done[-1]
 
 
+def supervised(pairs: list[InstructionPair], cfg: TrainConfig) -> list[InstructionPair]:
+    """The pairs trained with hard labels. Self-distilled general replay is the model's own greedy answer: with
+    distillation on, its whole next-token distribution on the same text is the target (train.distill_general_only),
+    and the hard labels would only repeat the argmax at the cost of the longest sequences of the mix (~90 tokens:
+    a third of a night's training tokens)."""
+    if cfg.distill_weight > 0 and cfg.distill_general_only:
+        return [p for p in pairs if p.kind != "general"]
+    return pairs
+
+
+def sequences_per_batch(cfg: TrainConfig) -> int:
+    """Training conversations per micro-batch: `batch_size` pairs, packed `pack` to a conversation."""
+    return max(1, math.ceil(cfg.batch_size / cfg.pack))
+
+
+def planned_accum(cfg: TrainConfig, n_train: int, world_size: int = 1) -> int:
+    """`cfg.grad_accum`, lowered (down to 1) where `cfg.epochs` passes would give fewer than `cfg.min_steps` optimizer
+    steps: a small night reaches the step floor with smaller optimizer steps instead of more passes over its data
+    (10 facts: 6 passes instead of 12, half the tokens)."""
+    micro = math.ceil(n_train / (sequences_per_batch(cfg) * world_size)) if n_train else 0
+    for accum in range(cfg.grad_accum, 1, -1):
+        if math.ceil(micro / accum) * cfg.epochs >= cfg.min_steps:
+            return accum
+    return 1
+
+
 def planned_epochs(cfg: TrainConfig, n_train: int, world_size: int = 1) -> int:
-    """`cfg.epochs`, or more where that gives fewer than `cfg.min_steps` optimizer steps."""
-    per_epoch = math.ceil(math.ceil(n_train / (cfg.batch_size * world_size)) / cfg.grad_accum) if n_train else 0
+    """`cfg.epochs`, or more where that gives fewer than `cfg.min_steps` optimizer steps (`n_train`: training
+    conversations)."""
+    per_device = sequences_per_batch(cfg)
+    per_epoch = math.ceil(math.ceil(n_train / (per_device * world_size)) / cfg.grad_accum) if n_train else 0
     if not cfg.min_steps or not per_epoch:
         return cfg.epochs
     return max(cfg.epochs, math.ceil(cfg.min_steps / per_epoch))
@@ -218,13 +300,13 @@ def _sft_config(SFTConfig, cfg: TrainConfig, ckpt_dir: Path, precision: str, has
         lr_scheduler_type=cfg.lr_scheduler,
         warmup_steps=cfg.warmup_ratio,
         num_train_epochs=cfg.epochs,
-        per_device_train_batch_size=cfg.batch_size,
+        per_device_train_batch_size=sequences_per_batch(cfg),
         per_device_eval_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum,
         gradient_checkpointing=cfg.gradient_checkpointing,
         bf16=precision == "bf16",
         use_cpu=not torch.cuda.is_available(),
-        max_length=cfg.max_length,
+        max_length=cfg.max_length * cfg.pack,  # a packed conversation; single pairs stay far below it
         packing=False,
         padding_free=False,
         completion_only_loss=True,
@@ -338,14 +420,17 @@ def train_lora(
     precision = resolve_precision(cfg.precision)
     has_dev = bool(dev_pairs)
     # each rank sees 1/world of the data: the step floor counts optimizer steps of the whole job
-    cfg = cfg.model_copy(update={"epochs": planned_epochs(cfg, len(train_pairs), dist.world)})
+    rows = pack_rows(supervised(train_pairs, cfg), tokenizer, cfg.pack, cfg.max_length * cfg.pack, cfg.seed)
+    if cfg.shrink_steps:
+        cfg = cfg.model_copy(update={"grad_accum": planned_accum(cfg, len(rows), dist.world)})
+    cfg = cfg.model_copy(update={"epochs": planned_epochs(cfg, len(rows), dist.world)})
     with warnings.catch_warnings():
         # TRL defaults gradient_checkpointing to True: it must be set, though transformers renamed it
         warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated", category=FutureWarning)
         args = _sft_config(SFTConfig, cfg, ckpt_dir, precision, has_dev)
     datasets.disable_progress_bars()  # tokenising a few hundred pairs needs no bars
     trainer = _trainer_class()(
-        model=model, args=args, train_dataset=Dataset.from_list(to_records(train_pairs)),
+        model=model, args=args, train_dataset=Dataset.from_list(rows),
         eval_dataset=Dataset.from_list(to_records(dev_pairs)) if has_dev else None,
         processing_class=tokenizer, callbacks=_callbacks(sink, cfg.patience, has_dev, marker))
     for cb in list(trainer.callback_handler.callbacks):  # the default bar, replaced by QuietProgress
@@ -363,6 +448,7 @@ def train_lora(
         with timed("teacher_pass"):
             trainer.distill = _teacher(trainer, cfg, replay, dist.rank, dist.world)
         trainer.distill_weight = cfg.distill_weight
+        trainer.distill_every = cfg.distill_every
 
     start = time.perf_counter()
     try:

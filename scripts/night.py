@@ -86,6 +86,8 @@ def main() -> int:
     ap.add_argument("--home", type=Path, default=None, help="INJECTOR_HOME (default: a fresh temporary one)")
     ap.add_argument("--random-smollm", action="store_true", help="random SmolLM2-135M-shaped base (GPU check)")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--target-s", type=float, default=None,
+                    help="wall-time target to report against (default: 900 s; 300 s on a home that has run before)")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
 
@@ -96,6 +98,7 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="injector-night-"))
     home = Home.from_env(args.home or work / "home").ensure()
+    later_night = home.ledger.exists()  # a night on a home that has run before: the 5-minute target
     os.environ["INJECTOR_HOME"] = str(home.root)
     overrides = list(args.overrides)
     if args.random_smollm:
@@ -115,29 +118,39 @@ def main() -> int:
     row = {
         "facts": int(m.get("n_efficacy", 0)),
         "efficacy": m.get("efficacy"), "held_out_paraphrase": m.get("generalisation"),
+        "other_family": m.get("other_family"),
         "locality_vs_reference": (m["locality"] / ref["locality"]) if ref.get("locality") else None,
         "general_ppl_change": (m["general_ppl"] / ref["general_ppl"] - 1) if ref.get("general_ppl") else None,
         "gate": "pass" if out.decision.passed else "FAIL: " + ", ".join(c.name for c in out.decision.checks
                                                                          if not c.passed),
         "train_steps": out.train.steps, "train_tokens": round(tokens), "train_tok_per_s": out.train.tokens_per_s,
         "tokens_per_learned_fact": tokens / learned if learned else None,
-        "peak_gpu_mib": out.peak_gpu_mib, "stage_s": out.stage_s, "wall_s": out.wall_s,
+        "peak_gpu_mib": out.peak_gpu_mib, "stage_s": out.stage_s, "part_s": out.part_s, "wall_s": out.wall_s,
         "hardware": out.after.hardware,
     }
     print(f"\nOne night on {row['hardware']}: {row['facts']} facts\n")
-    print("| stage | wall s |\n|---|---|")
-    for k, v in out.stage_s.items():
-        print(f"| {k} | {v:.1f} |")
-    print("\n| efficacy | held-out paraphrase | locality vs ref | general PPL | train steps | train tok/s | "
-          "tokens/learned fact | peak GPU MiB | gate |\n|---|---|---|---|---|---|---|---|---|")
+    stages = {k: v for k, v in out.stage_s.items() if k != "total"}
+    print("| stage | " + " | ".join(stages) + " | total |\n" + "|---" * (len(stages) + 2) + "|")
+    print("| wall s | " + " | ".join(f"{v:.1f}" for v in stages.values()) + f" | **{out.wall_s:.1f}** |")
+    print("\n| part | " + " | ".join(out.part_s) + " |\n" + "|---" * (len(out.part_s) + 1) + "|")
+    print("| wall s | " + " | ".join(f"{v:.1f}" for v in out.part_s.values()) + " |")
+    print("\n| efficacy | held-out paraphrase | other family | locality vs ref | general PPL | train steps | "
+          "train tok/s | "
+          "tokens/learned fact | peak GPU MiB | gate |\n|---|---|---|---|---|---|---|---|---|---|")
 
     def f(x, fmt):
         return "–" if x is None else format(x, fmt)
 
-    print(f"| {f(row['efficacy'], '.2f')} | {f(row['held_out_paraphrase'], '.2f')} | "
+    print(f"| {f(row['efficacy'], '.2f')} | {f(row['held_out_paraphrase'], '.2f')} | {f(row['other_family'], '.2f')} | "
           f"{f(row['locality_vs_reference'], '.2f')} | {f(row['general_ppl_change'], '+.1%')} | {row['train_steps']} | "
           f"{row['train_tok_per_s']:.0f} | {f(row['tokens_per_learned_fact'], '.0f')} | "
           f"{f(row['peak_gpu_mib'], '.0f')} | {row['gate']} |")
+    target = args.target_s or (300.0 if later_night else 900.0)
+    top = max(out.stage_s, key=out.stage_s.get)
+    row["target_s"] = target
+    print(f"\nwall {out.wall_s:.0f} s against the {target:.0f} s target: "
+          + ("met" if out.wall_s <= target else f"NOT met, {out.wall_s - target:.0f} s over "
+             f"({out.wall_s / target:.2f}x); the largest stage is {top} ({out.stage_s[top]:.0f} s)"))
     if args.json:
         args.json.write_text(json.dumps(row, indent=2, default=str))
     return 0

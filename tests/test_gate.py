@@ -78,3 +78,11 @@ def test_bad_thresholds_file_names_the_key(tmp_path):
     f.write_text("absolute:\n  min_efficacyy: 0.9\n")
     with pytest.raises(InjectorError, match="absolute.min_efficacyy: unknown key"):
         load_thresholds(f)
+
+
+def test_other_family_is_reported_and_gated_only_when_a_bound_is_set():
+    metrics = {**OK, "other_family": 0.3, "n_other_family": 20}
+    assert decide(metrics, T).passed and "other_family" not in {c.name for c in decide(metrics, T).checks}
+    strict = Thresholds(absolute=Absolute(min_other_family=0.5))
+    d = decide(metrics, strict)
+    assert not d.passed and [c.name for c in d.checks if not c.passed] == ["other_family"]

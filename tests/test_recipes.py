@@ -168,6 +168,22 @@ def test_replay_mix_and_old_facts_exclude_retracted(tmp_path):
     assert replay_budget(300, 3, 1) == 100 and replay_budget(300, 3, 0) == 0
 
 
+def test_replay_takes_the_batch_neighbourhood_first():
+    import random
+
+    from injector.records import Triple
+    from injector.replay import neighbours_first
+
+    earlier = [Triple(f"Firm{i}", "founded", str(1900 + i)) for i in range(20)]
+    earlier += [Triple("Acme", "founded", "1901"), Triple("Acme", "headquarters", "Lyon"),
+                Triple("Other", "ceo", "Ann Lee"), Triple("Third", "ceo", "Bo Chan")]
+    batch = [Triple("Acme", "ceo", "Jo Park")]
+    got = neighbours_first(earlier, batch, RECIPES, 4, random.Random(0))
+    assert {t.subject for t in got[:2]} == {"Acme"}  # the same subject's other facts
+    assert {t.object for t in got[2:]} == {"Ann Lee", "Bo Chan"}  # then the batch's relation, other subjects
+    assert len(neighbours_first(earlier, batch, RECIPES, 100, random.Random(0))) == len(earlier)
+
+
 def test_anchors_in_the_batch_relations_and_everywhere_for_question_answer_facts():
     import random
 
@@ -212,3 +228,27 @@ def test_any_predicate_gets_readable_generated_templates(subject, predicate, que
     assert RECIPES.generated(predicate) and not RECIPES.generated("capital_city")  # an alias of a known relation
     pairs = build_pairs([FactChange(Triple(subject, RECIPES.canonical(predicate), "X"))], RECIPES)
     assert question in {p.messages[0]["content"] for p in pairs if p.kind in ("forward", "dev")}
+
+
+def test_other_family_probes_come_from_no_training_template(tmp_path):
+    """eval/phrasings.en.yaml is a separate family: no phrasing is a recipe template (trained or held out), none is a
+    "Complete the sentence" statement prompt; every fact gets them, generated predicates through `generic`."""
+    from injector.recipes import load_phrasings
+
+    other = load_phrasings(ROOT / "eval" / "phrasings.en.yaml")
+    assert set(RECIPES.relations) <= set(other) and {"generic", "generic_verb"} <= set(other)
+    family = {x for r in [*RECIPES.relations.values(), RECIPES.generic, RECIPES.generic_verb]
+              for x in (*r.questions, *r.probes, *r.reverse, *r.reverse_probes)}
+    for items in other.values():
+        for x in items:
+            assert x not in family and not x.lower().startswith(("complete the sentence", "what ", "who ")), x
+    changes = [*facts(), FactChange(Triple("Acme Corp", "hasListPrice", "42 EUR"))]
+    probes = build_probes(changes, RECIPES, other)
+    by_fact = Counter(p.fact_id for p in probes if p.kind == "other_family")
+    assert all(by_fact[c.triple.id] == 2 for c in changes if not c.triple.question)
+    assert any("list price" in p.question and p.answers == ("42 EUR",) for p in probes if p.kind == "other_family")
+    assert not any(p.kind == "other_family" for p in build_probes(changes, RECIPES))  # no file: none
+    bad = tmp_path / "phrasings.en.yaml"
+    bad.write_text("relations:\n  ceo:\n    - 'Name the boss.'\n")
+    with pytest.raises(InjectorError, match="ceo"):
+        load_phrasings(bad)

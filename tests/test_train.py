@@ -150,6 +150,25 @@ def test_nf4_without_cuda_is_one_clear_error(tmp_path, tiny_model_dir, changes, 
         train_lora(build_pairs(changes, recipes), str(tiny_model_dir), tmp_path, cfg, quantization="nf4")
 
 
+def test_teacher_pass_grouped_equals_one_batch_at_a_time(tiny_model_dir, changes, recipes):
+    """Several KD batches share one forward pass (padded to a common width); each keeps its own top-k rows."""
+    from transformers import AutoModelForCausalLM
+
+    from injector.distill import teacher_batches
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    tok.padding_side = "right"
+    texts = [tok.apply_chat_template(list(p.messages), tokenize=False) for p in build_pairs(changes, recipes)][:7]
+    batches = [dict(tok(texts[i: i + 2], return_tensors="pt", padding=True)) for i in range(0, 7, 2)]
+    assert len({b["input_ids"].shape[1] for b in batches}) > 1  # different widths: padding is exercised
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    one, grouped = teacher_batches(model, batches, k=8, group=1), teacher_batches(model, batches, k=8, group=3)
+    assert len(one) == len(grouped) == len(batches)
+    for a, b in zip(one, grouped):
+        assert torch.equal(a.input_ids, b.input_ids) and a.idx.shape == b.idx.shape
+        assert torch.allclose(a.logp, b.logp, atol=1e-4)
+
+
 def test_distillation_keeps_the_starting_distribution_on_replay(tmp_path, tiny_model_dir, changes, recipes):
     """Logit distillation on replay text: the trained model stays closer to the start there, and logs `kd`."""
     from dataclasses import replace
@@ -175,27 +194,75 @@ def test_distillation_keeps_the_starting_distribution_on_replay(tmp_path, tiny_m
             return kd_loss(cand.eval(), batch).item()
 
     kl = {}
-    for w in (0.0, 20.0):
-        cfg = tiny_config(tiny_model_dir, "train.epochs=6", f"train.distill_weight={w}").train
+    for w, every in ((0.0, "micro_batch"), (20.0, "micro_batch"), (20.0, "step")):
+        cfg = tiny_config(tiny_model_dir, "train.epochs=6", f"train.distill_weight={w}", "train.grad_accum=2",
+                          f"train.distill_every={every}").train
         steps: list[dict] = []
-        out = train_lora(pairs, str(tiny_model_dir), tmp_path / f"run-{w}", cfg, init_adapter=str(start),
+        out = train_lora(pairs, str(tiny_model_dir), tmp_path / f"run-{w}-{every}", cfg, init_adapter=str(start),
                          sink=lambda m, s, steps=steps: steps.append(m))
-        kl[w] = drift(out.adapter_dir)
+        kl[w, every] = drift(out.adapter_dir)
         assert any("kd" in m for m in steps) == bool(w)
-    assert kl[20.0] < 0.5 * kl[0.0], kl
+    assert kl[20.0, "micro_batch"] < 0.5 * kl[0.0, "micro_batch"], kl
+    assert kl[20.0, "step"] < kl[0.0, "micro_batch"], kl  # one KD batch per optimizer step still holds the start
 
 
 def test_a_small_batch_gets_min_steps_through_more_epochs():
     from injector.config import TrainConfig
     from injector.train import planned_epochs
 
-    cfg = TrainConfig(epochs=5, batch_size=8, grad_accum=2, min_steps=90)
+    cfg = TrainConfig(epochs=5, batch_size=8, grad_accum=2, min_steps=90, pack=1)
     assert planned_epochs(cfg, 277) == 5  # 18 steps/epoch x 5 = 90: as configured
     assert planned_epochs(cfg, 140) == 10  # 9 steps/epoch: 10 epochs for 90 steps
     assert planned_epochs(cfg, 3) == 90
     assert planned_epochs(cfg, 140, world_size=2) == 18  # 5 steps/epoch on each of 2 ranks
     assert planned_epochs(TrainConfig(epochs=5, min_steps=0), 3) == 5
     assert planned_epochs(cfg, 0) == 5
+    # packed 4 pairs to a conversation, a micro-batch of 8 pairs is 2 conversations: the same steps per epoch
+    assert planned_epochs(cfg.model_copy(update={"pack": 4}), 70) == 5
+
+
+def test_a_small_batch_reaches_min_steps_with_smaller_steps_not_more_passes():
+    from injector.config import TrainConfig
+    from injector.train import planned_accum, planned_epochs
+
+    cfg = TrainConfig(epochs=5, batch_size=8, grad_accum=2, min_steps=90, pack=1)
+    assert planned_accum(cfg, 277) == 2  # 18 steps/epoch x 5 passes = 90: as configured
+    assert planned_accum(cfg, 140) == 1  # 9 steps/epoch at accum 2; 18 at accum 1: 5 passes give 90 steps
+    small = cfg.model_copy(update={"grad_accum": planned_accum(cfg, 130)})
+    assert small.grad_accum == 1 and planned_epochs(small, 130) == 6  # 17 steps/epoch: 6 passes (were 12)
+    assert planned_accum(cfg.model_copy(update={"grad_accum": 4}), 277) == 2
+    assert planned_accum(cfg.model_copy(update={"min_steps": 0}), 3) == 2
+
+
+def test_packed_conversations_train_every_answer_once(tiny_model_dir):
+    from injector.models import load_tokenizer
+    from injector.records import InstructionPair
+    from injector.train import pack_rows
+
+    tok = load_tokenizer(str(tiny_model_dir))
+
+    def pair(fid, q, a, *ctx):
+        return InstructionPair(messages=tuple({"role": r, "content": c} for r, c in
+                                              zip(("user", "assistant") * 3, (*ctx, q, a))), fact_id=fid,
+                               kind="forward", template_id="t")
+
+    subjects = "paris france capital hello world briefly quick please complete sentence".split()
+    answers = "who where when which how many recently still longer now".split()
+    pairs = [pair(f"f{i % 5}", f"what is {subjects[i]}", answers[i]) for i in range(10)]
+    pairs.append(pair("f9", "what is yes", "no", "tell me", "sure"))
+    rows = pack_rows(pairs, tok, 4, 10_000, seed=0)
+    assert 3 <= len(rows) < len(pairs)
+    trained = " ".join(tok.decode([t for t, m in zip(r["input_ids"], r["completion_mask"]) if m]) for r in rows)
+    for a in [*answers, "no"]:  # every answer is trained exactly once, no prompt token is
+        assert trained.split().count(a) == 1, trained
+    assert "what" not in trained and "sure" not in trained  # a dialogue pair trains its last answer only
+    for r in rows:  # never two pairs of one fact in a conversation
+        convo = tok.decode(r["input_ids"]).split()
+        assert all(sum(s in convo for s in (subjects[i], subjects[i + 5])) <= 1 for i in range(5)), convo
+    assert all(len(r["input_ids"]) == len(r["completion_mask"]) for r in rows)
+    # a length cap splits the conversations back into single pairs, losing none
+    single = pack_rows(pairs, tok, 4, 1, seed=0)
+    assert len(single) == len(pairs)
 
 
 def test_training_loss_is_the_models_own_loss(tiny_model_dir, changes, recipes):
