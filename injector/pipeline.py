@@ -211,14 +211,28 @@ def plan_candidate(cfg: Config, home: Home, log=print, triples: list[Path] | Non
         before = evaluate(reference, tokenizer, probes, cfg.eval.max_new_tokens, cfg.eval.batch_size,
                           cfg.eval.latency_samples, known=known)
     _save_answers(home, ref_key, cfg, before)
+    known_ids: set[str] = set()
     if cfg.train.triage:
-        changes, pairs, before = _triage(changes, pairs, before, home, current if init_adapter else None, log)
+        kept, pairs, before = _triage(changes, pairs, before, home, current if init_adapter else None, log)
+        # the known facts are the batch's closest neighbourhood (often the same relations about real subjects, in
+        # the model's own answers): they join the earlier facts that replay draws from, neighbours first
+        left = {c.triple.id for c in kept}
+        known_ids = {c.triple.id for c in changes} - left
+        earlier = earlier + [c.triple for c in changes if c.triple.id in known_ids]
+        changes = kept
         if not changes:
             log("no-op: the serving model already answers every pending fact; recorded as known, nothing to train")
             return None
     with timed("replay_self_distill"):
-        pairs += _replay(pairs, changes, earlier, recipes, cfg, reference, tokenizer, home, base.sha256,
+        replay = _replay(pairs, changes, earlier, recipes, cfg, reference, tokenizer, home, base.sha256,
                          current if init_adapter else None)
+    pairs += replay
+    if replay:
+        tonight = {c.triple.id for c in changes}
+        old = [p for p in replay if p.kind == "replay_fact"]
+        log(f"replay: {len(old)} earlier facts ({sum(p.fact_id not in tonight and p.fact_id in known_ids for p in old)}"
+            f" of them triaged as known tonight), {sum(p.kind == 'anchor' for p in replay)} anchors, "
+            f"{sum(p.kind == 'general' for p in replay)} general instructions")
     generated = sorted({humanise(c.triple.predicate) for c in changes
                         if not c.triple.question and recipes.generated(c.triple.predicate)})
     if generated:

@@ -175,3 +175,5 @@ def test_known_facts_are_triaged_out_of_training(home, tiny_model_dir, tmp_path,
     assert kinds[TINY_FACTS[2]["object"]] == "efficacy" and learned[TINY_FACTS[2]["object"]] == "2"
     kept = [f["object"] for f in TINY_FACTS[:2] if kinds[f["object"]] == "retention"]
     assert len(kept) == known and all(learned[o] == "1" for o in kept)  # known: v1's, asked as retention
+    # and replayed: the known facts are the night's closest neighbourhood
+    assert any(x.startswith("replay: ") and f"({known} of them triaged as known tonight)" in x for x in lines), lines
