@@ -52,12 +52,8 @@ def teacher_batches(model, batches: list[dict], k: int = 32, group: int = 8) -> 
     chunks = [batches[i: i + group] for i in range(0, len(batches), group)]
     for chunk in tqdm(chunks, desc="teacher pass", unit="batch", disable=len(chunks) < 4):
         width = max(b["input_ids"].shape[1] for b in chunk)
-
-        def pad(t, w=width):
-            return torch.nn.functional.pad(t, (0, w - t.shape[1]))
-
-        ids = torch.cat([pad(b["input_ids"]) for b in chunk]).to(device)
-        mask = torch.cat([pad(b["attention_mask"]) for b in chunk]).to(device)
+        ids, mask = (torch.cat([torch.nn.functional.pad(b[k], (0, width - b[k].shape[1])) for b in chunk]).to(device)
+                     for k in ("input_ids", "attention_mask"))
         pos = _positions(mask)
         top = torch.log_softmax(_logits(model, ids, mask, pos), dim=-1).topk(k, dim=-1)
         per_row = pos.sum(1).tolist()

@@ -211,15 +211,12 @@ def plan_candidate(cfg: Config, home: Home, log=print, triples: list[Path] | Non
         before = evaluate(reference, tokenizer, probes, cfg.eval.max_new_tokens, cfg.eval.batch_size,
                           cfg.eval.latency_samples, known=known)
     _save_answers(home, ref_key, cfg, before)
-    known_ids: set[str] = set()
+    triaged: list = []  # facts the reference already answers: recorded as known, not trained
     if cfg.train.triage:
-        kept, pairs, before = _triage(changes, pairs, before, home, current if init_adapter else None, log)
+        changes, pairs, before, triaged = _triage(changes, pairs, before, home, current if init_adapter else None, log)
         # the known facts are the batch's closest neighbourhood (often the same relations about real subjects, in
         # the model's own answers): they join the earlier facts that replay draws from, neighbours first
-        left = {c.triple.id for c in kept}
-        known_ids = {c.triple.id for c in changes} - left
-        earlier = earlier + [c.triple for c in changes if c.triple.id in known_ids]
-        changes = kept
+        earlier = earlier + triaged
         if not changes:
             log("no-op: the serving model already answers every pending fact; recorded as known, nothing to train")
             return None
@@ -228,9 +225,9 @@ def plan_candidate(cfg: Config, home: Home, log=print, triples: list[Path] | Non
                          current if init_adapter else None)
     pairs += replay
     if replay:
-        tonight = {c.triple.id for c in changes}
+        known_ids = {t.id for t in triaged}
         old = [p for p in replay if p.kind == "replay_fact"]
-        log(f"replay: {len(old)} earlier facts ({sum(p.fact_id not in tonight and p.fact_id in known_ids for p in old)}"
+        log(f"replay: {len(old)} earlier facts ({sum(p.fact_id in known_ids for p in old)}"
             f" of them triaged as known tonight), {sum(p.kind == 'anchor' for p in replay)} anchors, "
             f"{sum(p.kind == 'general' for p in replay)} general instructions")
     generated = sorted({humanise(c.triple.predicate) for c in changes
@@ -265,28 +262,34 @@ def _trained_phrasing_first(model, tokenizer, probes, cfg: Config, log) -> dict[
     asked = evaluate(model, tokenizer, first, cfg.eval.max_new_tokens, cfg.eval.batch_size, latency_samples=0,
                      progress=False)
     missed = {r.probe.fact_id for r in asked.results if not r.correct}
-    skip = {p.question: NOT_ASKED for p in probes if p.fact_id in missed and p.kind != "efficacy"
-            and p.kind not in ("retention", "locality")}
+    skip = {p.question: NOT_ASKED for p in probes
+            if p.fact_id in missed and p.kind not in ("efficacy", "retention", "locality")}
     if skip:
         log(f"triage: {len(missed)} of {len(first)} facts missed in their trained phrasing; their other "
             f"{len(skip)} phrasings were not asked of the reference")
     return {**skip, **{r.probe.question: r.answer for r in asked.results}}
 
 
-def _triage(changes, pairs, before: EvalReport, home: Home, version: str | None, log):
-    """Known-fact triage (SliCK-style): a pending fact the serving model already answers in every phrasing (at
-    least two) is known: recorded as learned by that model and not trained; its probes stay, as retention, so the
-    candidate must keep it. Partly known and unknown facts are trained."""
+def known_facts(results) -> tuple[set[str], int]:
+    """The facts answered right in every triage phrasing (at least two), and how many more are partly known."""
     by_fact: dict[str, list[bool]] = {}
-    for r in before.results:
+    for r in results:
         if r.probe.fact_id and r.probe.kind in TRIAGE_KINDS:
             by_fact.setdefault(r.probe.fact_id, []).append(r.correct)
     known = {f for f, ok in by_fact.items() if len(ok) >= 2 and all(ok)}
-    partly = sum(1 for f, ok in by_fact.items() if f not in known and any(ok))
+    return known, sum(1 for f, ok in by_fact.items() if f not in known and any(ok))
+
+
+def _triage(changes, pairs, before: EvalReport, home: Home, version: str | None, log):
+    """Known-fact triage (SliCK-style): a pending fact the serving model already answers in every phrasing (at
+    least two) is known: recorded as learned by that model and not trained; its probes stay, as retention, so the
+    candidate must keep it. Partly known and unknown facts are trained. Returns the facts left to train, their
+    pairs, the reference's report with the known facts' probes as retention, and the known facts."""
+    known, partly = known_facts(before.results)
     log(f"triage: {len(known)} known (not trained), {partly} partly known, "
         f"{len(changes) - len(known) - partly} unknown")
     if not known:
-        return changes, pairs, before
+        return changes, pairs, before, []
     ledger = Ledger(home.ledger)
     try:
         ledger.mark_known(sorted(known), version)
@@ -296,7 +299,7 @@ def _triage(changes, pairs, before: EvalReport, home: Home, version: str | None,
                     and r.probe.kind in TRIAGE_KINDS else r for r in before.results
                     if not (r.probe.fact_id in known and r.probe.kind not in TRIAGE_KINDS))
     return ([c for c in changes if c.triple.id not in known], [p for p in pairs if p.fact_id not in known],
-            replace(before, results=results))
+            replace(before, results=results), [c.triple for c in changes if c.triple.id in known])
 
 
 def start_run(plan: Plan, cfg: Config, home: Home | None = None) -> str:

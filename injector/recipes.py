@@ -260,9 +260,9 @@ def load_phrasings(path: Path) -> dict[str, tuple[str, ...]]:
     if not path.exists():
         return {}
     tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    entries = {**(tree.get("relations") or {}), **{k: tree[k] for k in ("generic", "generic_verb") if k in tree}}
     out: dict[str, tuple[str, ...]] = {}
-    for key, items in [*(tree.get("relations") or {}).items(), *((k, tree[k]) for k in ("generic", "generic_verb")
-                                                                 if k in tree)]:
+    for key, items in entries.items():
         if not isinstance(items, list) or not all(isinstance(x, str) and "{subject}" in x for x in items):
             raise InjectorError(f"{path}: {key}: expected a list of phrasings, each with {{subject}}")
         out[key if key.startswith("generic") else normalise_predicate(key)] = tuple(items)

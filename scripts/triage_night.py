@@ -70,11 +70,11 @@ def candidates() -> list[dict]:
     return out
 
 
-def known_facts(rows: list[dict], cfg, home) -> list[dict]:
+def known_rows(rows: list[dict], cfg, home) -> list[dict]:
     """The rows the base model answers right in every phrasing the evaluation asks (as the night's triage does)."""
     from injector.evaluate import evaluate
     from injector.models import load_tokenizer, load_with_adapter, resolve_base
-    from injector.pipeline import TRIAGE_KINDS
+    from injector.pipeline import TRIAGE_KINDS, known_facts
     from injector.recipes import build_probes, load_recipes
     from injector.records import FactChange, Triple
 
@@ -84,10 +84,8 @@ def known_facts(rows: list[dict], cfg, home) -> list[dict]:
     base = resolve_base(cfg.model.base, home.models)
     report = evaluate(load_with_adapter(base, None, cfg.model.quantization), load_tokenizer(base.path), probes,
                       cfg.eval.max_new_tokens, cfg.eval.batch_size, latency_samples=0)
-    ok: dict[str, list[bool]] = {}
-    for r in report.results:
-        ok.setdefault(r.probe.fact_id, []).append(r.correct)
-    return [row for row, c in zip(rows, changes) if len(ok.get(c.triple.id, [])) >= 2 and all(ok[c.triple.id])]
+    known, _ = known_facts(report.results)
+    return [row for row, c in zip(rows, changes) if c.triple.id in known]
 
 
 def night(snapshot: Path, home_dir: Path, overrides: list[str]) -> dict:
@@ -128,7 +126,7 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="injector-triage-"))
     probe_home = Home.from_env(work / "probe").ensure()
-    known = known_facts(candidates(), load_config(None, args.overrides), probe_home)
+    known = known_rows(candidates(), load_config(None, args.overrides), probe_home)
     print(f"the base answers {len(known)} of {len(candidates())} candidate real facts in every phrasing",
           file=sys.stderr)
     snapshot = work / "snapshot.jsonl"
