@@ -42,6 +42,9 @@ class LoraConfig(_Section):
     # the dropout masks of 210 LoRA modules cost 40% of a training step (SmolLM2-135M, measured)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     target_modules: str | list[str] = "all-linear"
+    # share of the decoder layers, counted from the top, that get adapters: the backward pass stops at the lowest
+    # adapted layer, so 0.5 cuts a training step's backward by about half (train.lora_layers)
+    top_layers: float = Field(1.0, gt=0, le=1)
 
 
 class TrainConfig(_Section):

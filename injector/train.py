@@ -262,6 +262,30 @@ def supervised(pairs: list[InstructionPair], cfg: TrainConfig) -> list[Instructi
     return pairs
 
 
+def lora_layers(top: float, n_layers: int) -> list[int] | None:
+    """The decoder layers that get adapters: the top `top` share of `n_layers` (at least one); None for all."""
+    if top >= 1:
+        return None
+    k = max(1, round(top * n_layers))
+    return list(range(n_layers - k, n_layers))
+
+
+def _lora_targets(model, target_modules, top: float) -> dict:
+    """PEFT's target arguments; with `top` < 1 the modules are named (PEFT takes no layer list with "all-linear")."""
+    layers = lora_layers(top, model.config.num_hidden_layers)
+    if layers is None:
+        return {"target_modules": target_modules}
+    if target_modules == "all-linear":  # PEFT's meaning: every linear layer but the output head
+        import torch
+
+        head = model.get_output_embeddings()
+        target_modules = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                                 if isinstance(m, torch.nn.Linear) and m is not head})
+    elif isinstance(target_modules, str):
+        target_modules = [target_modules]
+    return {"target_modules": list(target_modules), "layers_to_transform": layers}
+
+
 def sequences_per_batch(cfg: TrainConfig) -> int:
     """Training conversations per micro-batch: `batch_size` pairs, packed `pack` to a conversation."""
     return max(1, math.ceil(cfg.batch_size / cfg.pack))
@@ -415,7 +439,7 @@ def train_lora(
     else:
         model = get_peft_model(model, LoraConfig(
             r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-            target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM",
+            task_type="CAUSAL_LM", **_lora_targets(model, cfg.lora.target_modules, cfg.lora.top_layers),
         ))
     precision = resolve_precision(cfg.precision)
     has_dev = bool(dev_pairs)

@@ -285,3 +285,32 @@ def test_training_loss_is_the_models_own_loss(tiny_model_dir, changes, recipes):
         ours = trainer.compute_loss(model, {**enc, "labels": labels})
         theirs = model(**enc, labels=labels).loss
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_upper_layer_adapters_leave_the_lower_layers_without_gradients(tiny_model_dir):
+    """lora.top_layers=0.5: adapters on the top half only, all seven linear kinds, and no gradient reaches a lower
+    layer (the backward pass stops at the lowest adapted layer: that is the saving)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from injector.train import _lora_targets, lora_layers
+
+    assert lora_layers(1.0, 30) is None and lora_layers(0.5, 30) == list(range(15, 30))
+    assert lora_layers(0.01, 4) == [3]  # at least one layer
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    n = base.config.num_hidden_layers
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, task_type="CAUSAL_LM",
+                                            **_lora_targets(base, "all-linear", 0.5)))
+    adapted = {int(name.split("layers.")[1].split(".")[0]) for name, _ in model.named_parameters() if "lora_A" in name}
+    assert adapted == set(range(n - n // 2, n))
+    kinds = {name.split(".")[-4] for name, _ in model.named_parameters() if "lora_A" in name}
+    assert kinds == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    hidden = model.get_base_model().model.layers
+    needs_grad = {}
+    for i in (min(adapted) - 1, min(adapted)):
+        hidden[i].register_forward_hook(lambda m, a, out, i=i: needs_grad.__setitem__(
+            i, (out[0] if isinstance(out, tuple) else out).requires_grad))
+    x = torch.randint(0, base.config.vocab_size, (2, 12))
+    model.train()
+    model(input_ids=x, labels=x).loss.backward()
+    assert needs_grad == {min(adapted) - 1: False, min(adapted): True}
