@@ -73,6 +73,10 @@ class TrainConfig(_Section):
     # a third distillation) and lost quality (efficacy 0.96 -> 0.83, held-out paraphrase 0.83 -> 0.58, together
     # with distill_general_only): a fact learned mid-conversation is not the fact asked first
     pack: int = Field(1, ge=1)
+    # a fact the model answers greedily (teacher-forced: every answer token the argmax) in all its pairs on two
+    # exposures running leaves the mix, one pair kept as a sentinel that brings it back on a miss
+    # (injector/curriculum.py); pack=1 only
+    drop_learned: bool = False
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     patience: int = Field(3, ge=0)  # early stopping on the dev split; 0 disables
     dev_fraction: float = Field(0.1, ge=0, lt=0.5)

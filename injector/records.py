@@ -85,6 +85,7 @@ class TrainResult:
     eval_history: tuple[tuple[int, float], ...] = ()
     stopped_early: bool = False
     replicas_in_sync: bool | None = None  # several training processes: their adapters were bit-identical
+    skipped_share: float = 0.0  # of the pair exposures, those skipped as their fact was learned (train.drop_learned)
 
 
 @dataclass(frozen=True)

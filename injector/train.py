@@ -140,19 +140,25 @@ def _trainer_class():
         distill_weight: float = 0.0
         distill_every = "micro_batch"
         last_kd = 0.0
+        learned = None  # curriculum.LearnedFacts (train.drop_learned)
+        learned_ignore = None  # token ids an answer need not reproduce (tensor)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             # through the (possibly DDP-wrapped) model's own forward, so that DDP arms its gradient all-reduce and
             # model-specific logit processing (soft-capping, scaling) applies; `logits_to_keep` as a boolean mask
             # applies the LM head to answer positions only (+20% tokens/s on CPU, measured on SmolLM2-135M)
+            inputs, row_keys, share = self._without_learned(inputs, model.training)
             labels = inputs["labels"]
             keep = torch.zeros_like(labels, dtype=torch.bool)
             keep[:, :-1] = labels[:, 1:] != -100
             logits = model(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
                            logits_to_keep=keep, use_cache=False).logits.float()
-            nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:][keep[:, :-1]],
-                                                    reduction="sum")
-            n = num_items_in_batch if num_items_in_batch is not None else keep.sum().clamp(min=1)
+            targets = labels[:, 1:][keep[:, :-1]]
+            nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets, reduction="sum")
+            if row_keys is not None:
+                self._observe(logits.detach(), targets, keep.sum(1).tolist(), row_keys)
+            # with learned rows skipped, the micro-batch's answer tokens are a share of what the Trainer counted
+            n = num_items_in_batch * share if num_items_in_batch is not None else keep.sum().clamp(min=1)
             loss = nll / n
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
                 # n counts the answer tokens of every rank, and DDP averages gradients over ranks: undo the average
@@ -177,7 +183,37 @@ def _trainer_class():
                 loss = loss + self.distill_weight * kd / (1 if once else steps)
             return (loss, None) if return_outputs else loss
 
+        def _without_learned(self, inputs, training: bool):
+            """The micro-batch without the rows of facts already learned (train.drop_learned): (inputs, the kept
+            rows' keys or None, kept share of the answer tokens)."""
+            if self.learned is None or not training:
+                return inputs, None, 1.0
+            mask = inputs["attention_mask"]
+            keys = [tuple(ids[:n]) for ids, n in zip(inputs["input_ids"].tolist(), mask.sum(1).tolist())]
+            rows = [i for i, k in enumerate(keys) if not self.learned.skip(k)] or [0]
+            self.learned.skipped += len(keys) - len(rows)
+            self.learned.trained += len(rows)
+            if len(rows) == len(keys):
+                return inputs, keys, 1.0
+            answers = (inputs["labels"] != -100).sum(1)
+            share = float(answers[rows].sum()) / max(1, float(answers.sum()))
+            idx = torch.tensor(rows, device=mask.device)
+            self.learned.tokens_skipped += int(mask.sum() - mask[idx].sum())
+            width = int(mask[idx].sum(1).max())  # the kept rows' padding only
+            kept = {k: v[idx, :width] if torch.is_tensor(v) and v.dim() == 2 else v for k, v in inputs.items()}
+            return kept, [keys[i] for i in rows], share
+
+        def _observe(self, logits, targets, counts: list[int], keys: list) -> None:
+            """Each row's answer reproduced greedily (every answer token the argmax; trailing end-of-turn and
+            whitespace tokens aside)?"""
+            ok = (logits.argmax(-1) == targets) | torch.isin(targets, self.learned_ignore.to(targets.device))
+            for key, row_ok in zip(keys, ok.split(counts), strict=True):
+                self.learned.observe(key, bool(row_ok.all()) if len(row_ok) else False)
+
         def log(self, logs, *args, **kwargs):
+            if self.learned is not None and "loss" in logs:
+                logs["learned_facts"] = len(self.learned.learned)
+                logs["skipped_share"] = self.learned.skipped_share
             if self.ewc_lambda > 0 and "loss" in logs:
                 logs["ewc_penalty"] = float(self.last_ewc)
             if self.distill is not None and "loss" in logs:
@@ -284,6 +320,20 @@ def _lora_targets(model, target_modules, top: float) -> dict:
     elif isinstance(target_modules, str):
         target_modules = [target_modules]
     return {"target_modules": list(target_modules), "layers_to_transform": layers}
+
+
+def learned_facts(pairs: list[InstructionPair], tokenizer):
+    """Tonight's fact pairs, keyed by their training token ids (a row's ids identify its pair), the fact's first
+    phrasing first (its sentinel once learned)."""
+    from injector.curriculum import LearnedFacts
+
+    by_fact: dict[str, list[tuple[int, ...]]] = {}
+    for p in pairs:
+        if p.origin == "new" and p.fact_id:
+            by_fact.setdefault(p.fact_id, []).append(tuple(_packed_row(tokenizer, [p])["input_ids"]))
+    answers = {t for keys in by_fact.values() for k in keys for t in k}
+    ignore = frozenset(t for t in answers if t in tokenizer.all_special_ids or not tokenizer.decode([t]).strip())
+    return LearnedFacts(by_fact, ignore=ignore)
 
 
 def sequences_per_batch(cfg: TrainConfig) -> int:
@@ -467,6 +517,9 @@ def train_lora(
         trainer.ewc_fisher = {n: f.to(params[n].device, params[n].dtype) for n, f in fisher.items()}
         trainer.ewc_anchor = {n: p.detach().clone() for n, p in params.items()}
         trainer.ewc_lambda = ewc_spec.lam
+    if cfg.drop_learned and cfg.pack == 1:
+        trainer.learned = learned_facts(train_pairs, tokenizer)
+        trainer.learned_ignore = torch.tensor(sorted(trainer.learned.ignore), dtype=torch.long)
     replay = [p for p in train_pairs if p.origin == "replay"]
     if cfg.distill_weight > 0 and replay:
         with timed("teacher_pass"):
@@ -498,7 +551,8 @@ def train_lora(
         trainer.model.save_pretrained(str(adapter_dir))
     history = trainer.state.log_history
     best = trainer.state.best_metric
-    seen = trainer.state.num_input_tokens_seen
+    seen = trainer.state.num_input_tokens_seen  # counted before compute_loss: less the rows of learned facts
+    seen -= trainer.learned.tokens_skipped if trainer.learned is not None and seen else 0
     return TrainResult(
         adapter_dir=str(adapter_dir),
         steps=trainer.state.global_step,
@@ -511,6 +565,7 @@ def train_lora(
         loss_history=tuple((h["step"], float(h["loss"])) for h in history if "loss" in h),
         eval_history=tuple((h["step"], float(h["eval_loss"])) for h in history if "eval_loss" in h),
         stopped_early=has_dev and epochs_done < cfg.epochs - 1e-6,
+        skipped_share=trainer.learned.skipped_share if trainer.learned is not None else 0.0,
         replicas_in_sync=in_sync,
     )
 

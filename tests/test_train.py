@@ -314,3 +314,36 @@ def test_upper_layer_adapters_leave_the_lower_layers_without_gradients(tiny_mode
     model.train()
     model(input_ids=x, labels=x).loss.backward()
     assert needs_grad == {min(adapted) - 1: False, min(adapted): True}
+
+
+def test_a_learned_fact_leaves_the_mix_and_its_sentinel_brings_it_back():
+    from injector.curriculum import LearnedFacts
+
+    a1, a2, b1 = (1, 2), (1, 3), (4, 5)
+    lf = LearnedFacts({"a": [a1, a2], "b": [b1]}, streak=2)
+    for key in (a1, a2, a1):
+        lf.observe(key, True)
+    assert not lf.skip(a2)  # a2 has one matched exposure: the streak is two
+    lf.observe(a2, True)
+    assert "a" in lf.learned and lf.skip(a2) and not lf.skip(a1)  # a1 is the sentinel: it keeps training
+    assert not lf.skip(b1) and not lf.skip((9, 9))  # another fact, a row of no fact (replay)
+    lf.observe(a1, False)  # the sentinel misses: every pair of the fact is back and must re-earn its streak
+    assert not lf.skip(a2) and lf.relapses == 1
+    lf.observe(a1, True)
+    lf.observe(a2, True)
+    assert "a" not in lf.learned
+
+
+def test_drop_learned_skips_the_pairs_of_learned_facts_and_still_learns_them(tmp_path, tiny_model_dir, changes,
+                                                                              recipes):
+    cfg = tiny_config(tiny_model_dir, "train.drop_learned=true").train
+    seen = []
+    result = train_lora(build_pairs(changes, recipes, seed=0), str(tiny_model_dir), tmp_path, cfg,
+                        sink=lambda m, s: seen.append(m))
+    assert 0.2 < result.skipped_share < 1.0, result.skipped_share
+    assert max(m.get("learned_facts", 0) for m in seen) == len(changes)
+    ref = BaseModelRef("tiny", str(tiny_model_dir), "")
+    probes = [p for p in build_probes(changes, recipes) if p.kind == "efficacy"]
+    report = evaluate(load_with_adapter(ref, result.adapter_dir), load_tokenizer(str(tiny_model_dir)), probes,
+                      max_new_tokens=16, latency_samples=1, progress=False)
+    assert report.accuracy("efficacy") >= 0.75, [r.answer for r in report.results]
