@@ -87,7 +87,7 @@ def train(
     t = outcome.train
     print(f"trained {t.n_examples} examples, {t.steps} steps, {t.epochs:.1f} epochs in {t.wall_s:.0f} s: "
           f"{t.tokens_per_s:.0f} train tokens/s"
-          + (f"; {t.skipped_share:.0%} of the pair passes skipped as their fact was learned" if t.skipped_share else ""))
+          + (f"; {t.skipped_share:.0%} of the pair passes skipped, their fact learned" if t.skipped_share else ""))
     verdict = "promoted to champion" if outcome.promoted else "not promoted (champion unchanged)"
     print(f"registered model version {outcome.version}: {verdict}; MLflow store: {home.tracking_uri}")
     print("time per stage: " + ", ".join(f"{k} {v:.0f} s" for k, v in outcome.stage_s.items()))

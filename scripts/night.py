@@ -125,6 +125,7 @@ def main() -> int:
                                                                          if not c.passed),
         "train_steps": out.train.steps, "train_tokens": round(tokens), "train_tok_per_s": out.train.tokens_per_s,
         "tokens_per_learned_fact": tokens / learned if learned else None,
+        "skipped_share": out.train.skipped_share,  # pair passes of learned facts not trained (train.drop_learned)
         "peak_gpu_mib": out.peak_gpu_mib, "stage_s": out.stage_s, "part_s": out.part_s, "wall_s": out.wall_s,
         "hardware": out.after.hardware,
     }
