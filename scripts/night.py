@@ -120,6 +120,9 @@ def main() -> int:
         "efficacy": m.get("efficacy"), "held_out_paraphrase": m.get("generalisation"),
         "other_family": m.get("other_family"),
         "locality_vs_reference": (m["locality"] / ref["locality"]) if ref.get("locality") else None,
+        "retention_vs_reference": (m["retention"] / ref["retention"]) if ref.get("retention") else None,
+        "checks": {c.name: {"value": c.value, "bound": c.bound, "op": c.op, "passed": c.passed, "gated": c.gated}
+                   for c in out.decision.checks},
         "general_ppl_change": (m["general_ppl"] / ref["general_ppl"] - 1) if ref.get("general_ppl") else None,
         "gate": "pass" if out.decision.passed else "FAIL: " + ", ".join(c.name for c in out.decision.checks
                                                                          if not c.passed),
@@ -146,8 +149,11 @@ def main() -> int:
           f"{f(row['locality_vs_reference'], '.2f')} | {f(row['general_ppl_change'], '+.1%')} | {row['train_steps']} | "
           f"{row['train_tok_per_s']:.0f} | {f(row['tokens_per_learned_fact'], '.0f')} | "
           f"{f(row['peak_gpu_mib'], '.0f')} | {row['gate']} |")
+    print("\ngate: " + "; ".join(f"{c.name} {c.value:.3g} {c.op} {c.bound:g} "
+                                 f"{'pass' if c.passed and c.gated else 'info' if not c.gated else 'FAIL'}"
+                                 for c in out.decision.checks))
     target = args.target_s or (300.0 if later_night else 900.0)
-    top = max(out.stage_s, key=out.stage_s.get)
+    top = max(stages, key=stages.get)
     row["target_s"] = target
     print(f"\nwall {out.wall_s:.0f} s against the {target:.0f} s target: "
           + ("met" if out.wall_s <= target else f"NOT met, {out.wall_s - target:.0f} s over "
