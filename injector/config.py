@@ -60,6 +60,9 @@ class TrainConfig(_Section):
     # small nightly batch gets more passes (12 facts x 5 epochs = 45 steps: efficacy 0.58; the same 12 facts with 90
     # steps: 1.00; 24 facts = 90 steps: 0.96) while a large one is never cut below `epochs` passes
     min_steps: int = Field(90, ge=0)
+    # a night short of `min_steps` reaches the floor first with a higher learning rate (rate x steps, the distance
+    # Adam moves the adapter, is what the floor guarantees), up to this factor, then with more passes. 1: passes only
+    max_lr_scale: float = Field(1.0, ge=1, le=4)
     batch_size: int = Field(8, ge=1)
     grad_accum: int = Field(2, ge=1)  # effective batch 16 (the measured runs)
     # true: a small night reaches `min_steps` with smaller optimizer steps (grad_accum lowered, train.planned_accum)

@@ -353,13 +353,27 @@ def planned_accum(cfg: TrainConfig, n_train: int, world_size: int = 1) -> int:
 
 
 def planned_epochs(cfg: TrainConfig, n_train: int, world_size: int = 1) -> int:
-    """`cfg.epochs`, or more where that gives fewer than `cfg.min_steps` optimizer steps (`n_train`: training
-    conversations)."""
-    per_device = sequences_per_batch(cfg)
-    per_epoch = math.ceil(math.ceil(n_train / (per_device * world_size)) / cfg.grad_accum) if n_train else 0
+    """`cfg.epochs`, or more where that gives fewer than the step floor (`n_train`: training conversations): the
+    floor is `cfg.min_steps`, or `min_steps / max_lr_scale` where the learning rate makes up the rest
+    (`planned_learning_rate`)."""
+    per_epoch = _steps_per_epoch(cfg, n_train, world_size)
     if not cfg.min_steps or not per_epoch:
         return cfg.epochs
-    return max(cfg.epochs, math.ceil(cfg.min_steps / per_epoch))
+    return max(cfg.epochs, math.ceil(cfg.min_steps / cfg.max_lr_scale / per_epoch))
+
+
+def planned_learning_rate(cfg: TrainConfig, n_train: int, world_size: int = 1) -> float:
+    """`cfg.learning_rate`, raised (at most `max_lr_scale` times) on a night of fewer than `cfg.min_steps` optimizer
+    steps so that rate x steps, the distance Adam moves the adapter, matches what `min_steps` steps give."""
+    steps = _steps_per_epoch(cfg, n_train, world_size) * planned_epochs(cfg, n_train, world_size)
+    if not cfg.min_steps or not steps or steps >= cfg.min_steps:
+        return cfg.learning_rate
+    return cfg.learning_rate * min(cfg.max_lr_scale, cfg.min_steps / steps)
+
+
+def _steps_per_epoch(cfg: TrainConfig, n_train: int, world_size: int) -> int:
+    per_device = sequences_per_batch(cfg)
+    return math.ceil(math.ceil(n_train / (per_device * world_size)) / cfg.grad_accum) if n_train else 0
 
 
 def _sft_config(SFTConfig, cfg: TrainConfig, ckpt_dir: Path, precision: str, has_dev: bool):
@@ -497,7 +511,8 @@ def train_lora(
     rows = pack_rows(supervised(train_pairs, cfg), tokenizer, cfg.pack, cfg.max_length * cfg.pack, cfg.seed)
     if cfg.shrink_steps:
         cfg = cfg.model_copy(update={"grad_accum": planned_accum(cfg, len(rows), dist.world)})
-    cfg = cfg.model_copy(update={"epochs": planned_epochs(cfg, len(rows), dist.world)})
+    cfg = cfg.model_copy(update={"epochs": planned_epochs(cfg, len(rows), dist.world),
+                                 "learning_rate": planned_learning_rate(cfg, len(rows), dist.world)})
     with warnings.catch_warnings():
         # TRL defaults gradient_checkpointing to True: it must be set, though transformers renamed it
         warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated", category=FutureWarning)

@@ -210,22 +210,38 @@ def test_a_small_batch_gets_min_steps_through_more_epochs():
     from injector.config import TrainConfig
     from injector.train import planned_epochs
 
-    cfg = TrainConfig(epochs=5, batch_size=8, grad_accum=2, min_steps=90, pack=1)
+    cfg = TrainConfig(epochs=5, batch_size=8, grad_accum=2, min_steps=90, pack=1, max_lr_scale=1)
     assert planned_epochs(cfg, 277) == 5  # 18 steps/epoch x 5 = 90: as configured
     assert planned_epochs(cfg, 140) == 10  # 9 steps/epoch: 10 epochs for 90 steps
     assert planned_epochs(cfg, 3) == 90
     assert planned_epochs(cfg, 140, world_size=2) == 18  # 5 steps/epoch on each of 2 ranks
-    assert planned_epochs(TrainConfig(epochs=5, min_steps=0), 3) == 5
+    assert planned_epochs(TrainConfig(epochs=5, min_steps=0, max_lr_scale=1), 3) == 5
     assert planned_epochs(cfg, 0) == 5
     # packed 4 pairs to a conversation, a micro-batch of 8 pairs is 2 conversations: the same steps per epoch
     assert planned_epochs(cfg.model_copy(update={"pack": 4}), 70) == 5
+
+
+def test_a_small_batch_reaches_the_floor_with_a_higher_rate_first_then_more_passes():
+    from injector.config import TrainConfig
+    from injector.train import planned_epochs, planned_learning_rate
+
+    cfg = TrainConfig(epochs=5, batch_size=8, grad_accum=2, min_steps=90, pack=1, learning_rate=1e-3,
+                      max_lr_scale=2)
+    assert planned_epochs(cfg, 277) == 5 and planned_learning_rate(cfg, 277) == 1e-3  # 90 steps: as configured
+    assert planned_epochs(cfg, 140) == 5  # 9 steps/epoch: 45 steps at twice the rate instead of 10 passes
+    assert planned_learning_rate(cfg, 140) == pytest.approx(2e-3)
+    assert planned_epochs(cfg, 115) == 6  # 8 steps/epoch: 6 passes (48 steps) at 90/48 the rate
+    assert planned_learning_rate(cfg, 115) == pytest.approx(1e-3 * 90 / 48)
+    assert planned_epochs(cfg, 3) == 45 and planned_learning_rate(cfg, 3) == pytest.approx(2e-3)
+    assert planned_learning_rate(cfg.model_copy(update={"min_steps": 0}), 3) == 1e-3
+    assert planned_learning_rate(cfg.model_copy(update={"max_lr_scale": 1}), 140) == 1e-3
 
 
 def test_a_small_batch_reaches_min_steps_with_smaller_steps_not_more_passes():
     from injector.config import TrainConfig
     from injector.train import planned_accum, planned_epochs
 
-    cfg = TrainConfig(epochs=5, batch_size=8, grad_accum=2, min_steps=90, pack=1)
+    cfg = TrainConfig(epochs=5, batch_size=8, grad_accum=2, min_steps=90, pack=1, max_lr_scale=1)
     assert planned_accum(cfg, 277) == 2  # 18 steps/epoch x 5 passes = 90: as configured
     assert planned_accum(cfg, 140) == 1  # 9 steps/epoch at accum 2; 18 at accum 1: 5 passes give 90 steps
     small = cfg.model_copy(update={"grad_accum": planned_accum(cfg, 130)})
