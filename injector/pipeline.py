@@ -580,6 +580,14 @@ def _run_dir(home: Home, resume: bool) -> Path:
     return home.runs / time.strftime("%Y%m%d-%H%M%S")
 
 
+def old_fact_quota(budget: int, r, neighbours: int) -> int:
+    """Earlier facts replayed: their share of the replay budget (all of it without general replay); with
+    `recipes.replay_neighbours` at least every earlier fact of the batch's subjects and relations, up to one more
+    budget on top of the anchors' and general instructions' part (which this never takes from)."""
+    n_old = round(budget * r.old_fact_share) if r.general_replay else budget
+    return max(n_old, min(neighbours, budget)) if r.replay_neighbours else n_old
+
+
 def _replay(pairs, changes, earlier, recipes, cfg: Config, model, tokenizer, home: Home, base_sha: str,
             adapter_version: str | None) -> list:
     """Replay for a new:replay mix: earlier facts (up to their share), anchors in the batch's relations (every
@@ -593,6 +601,7 @@ def _replay(pairs, changes, earlier, recipes, cfg: Config, model, tokenizer, hom
         load_anchors,
         load_prompts,
         model_key,
+        neighbourhood,
         old_fact_pairs,
         replay_budget,
         self_distill,
@@ -603,9 +612,10 @@ def _replay(pairs, changes, earlier, recipes, cfg: Config, model, tokenizer, hom
     if budget == 0:
         return []
     rng = random.Random(cfg.train.seed)
-    old = old_fact_pairs(earlier, recipes, round(budget * r.old_fact_share) if r.general_replay else budget, rng,
-                         [c.triple for c in changes])
-    rest = budget - len(old)
+    batch = [c.triple for c in changes]
+    n_old = old_fact_quota(budget, r, neighbourhood(earlier, batch, recipes))
+    old = old_fact_pairs(earlier, recipes, n_old, rng, batch)
+    rest = budget - min(len(old), round(budget * r.old_fact_share)) if r.general_replay else 0
     if rest <= 0 or not r.general_replay:
         return old
     known = load_anchors(cfg.content_path(r.dir) / f"anchors.{r.language}.yaml")

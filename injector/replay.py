@@ -71,10 +71,8 @@ def replay_budget(n_new: int, new: int, replay: int) -> int:
     return round(n_new * replay / new) if replay else 0
 
 
-def neighbours_first(facts: list[Triple], batch: list[Triple], recipes: Recipes, n: int,
-                     rng: random.Random) -> list[Triple]:
-    """Up to `n` earlier facts, the batch's neighbourhood first: the same subject's other facts (what an edit of the
-    subject puts at risk), then other subjects' facts of the batch's relations, then the rest; random within each."""
+def _tiers(facts: list[Triple], batch: list[Triple], recipes: Recipes) -> list[list[Triple]]:
+    """Earlier facts as [same subject as the batch, same relation, the rest]."""
     subjects = {t.subject.lower() for t in batch}
     relations = {recipes.relation(t.predicate).name for t in batch if not t.question}
     tiers: list[list[Triple]] = [[], [], []]
@@ -82,8 +80,20 @@ def neighbours_first(facts: list[Triple], batch: list[Triple], recipes: Recipes,
         tier = 0 if t.subject.lower() in subjects else 1 if (not t.question and recipes.relation(
             t.predicate).name in relations) else 2
         tiers[tier].append(t)
+    return tiers
+
+
+def neighbourhood(facts: list[Triple], batch: list[Triple], recipes: Recipes) -> int:
+    """How many earlier facts share a subject or a relation with the batch: what training it puts at risk."""
+    return sum(len(t) for t in _tiers(facts, batch, recipes)[:2])
+
+
+def neighbours_first(facts: list[Triple], batch: list[Triple], recipes: Recipes, n: int,
+                     rng: random.Random) -> list[Triple]:
+    """Up to `n` earlier facts, the batch's neighbourhood first: the same subject's other facts (what an edit of the
+    subject puts at risk), then other subjects' facts of the batch's relations, then the rest; random within each."""
     out: list[Triple] = []
-    for tier in tiers:
+    for tier in _tiers(facts, batch, recipes):
         out += rng.sample(tier, min(n - len(out), len(tier)))
     return out
 

@@ -182,6 +182,21 @@ def test_replay_takes_the_batch_neighbourhood_first():
     assert {t.subject for t in got[:2]} == {"Acme"}  # the same subject's other facts
     assert {t.object for t in got[2:]} == {"Ann Lee", "Bo Chan"}  # then the batch's relation, other subjects
     assert len(neighbours_first(earlier, batch, RECIPES, 100, random.Random(0))) == len(earlier)
+    from injector.replay import neighbourhood
+
+    assert neighbourhood(earlier, batch, RECIPES) == 4  # Acme's two facts and the two other CEOs
+
+
+def test_every_earlier_neighbour_is_replayed_beyond_the_share_up_to_one_more_budget():
+    from injector.config import RecipesConfig
+    from injector.pipeline import old_fact_quota
+
+    on, off = RecipesConfig(replay_neighbours=True), RecipesConfig(replay_neighbours=False)
+    assert old_fact_quota(29, off, 24) == 14  # half of the replay budget: 10 of the 24 neighbours left out
+    assert old_fact_quota(29, on, 24) == 24  # every neighbour once
+    assert old_fact_quota(29, on, 300) == 29  # at most one more budget
+    assert old_fact_quota(29, on, 3) == 14  # the share still holds when the neighbourhood is small
+    assert old_fact_quota(29, on.model_copy(update={"general_replay": False}), 300) == 29
 
 
 def test_anchors_in_the_batch_relations_and_everywhere_for_question_answer_facts():
