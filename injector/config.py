@@ -116,7 +116,7 @@ class RecipesConfig(_Section):
     # every earlier fact that shares a subject or relation with the batch is replayed once, beyond its share when
     # needed (up to one more replay budget): on a small night after a larger one, the share leaves most of the
     # batch's neighbours out, and what is not replayed is what gets forgotten (docs/BENCHMARKS.md)
-    replay_neighbours: bool = False
+    replay_neighbours: bool = True
     anchor_share: float = Field(0.5, ge=0, le=1)  # of the rest: real subjects in the batch's relations
     distill_max_new_tokens: int = Field(48, ge=8)
 

@@ -71,24 +71,49 @@ def generate(model, tokenizer, chats: Sequence[list[dict]], max_new_tokens: int 
     return answers
 
 
+def latency_sample(probes: Sequence[Probe], n: int) -> list[Probe]:
+    """The probes timed: general-knowledge ones first (a candidate should answer them as the reference does; a new
+    fact's probe changes answer on purpose), then the rest in order."""
+    general = [p for p in probes if p.kind == "locality"]
+    return (general + [p for p in probes if p.kind != "locality"])[:n]
+
+
+def paired_latency(models: Sequence, tokenizer, probes: Sequence[Probe], max_new_tokens: int, n: int,
+                   repeats: int = 3) -> list[tuple[float, float, float]]:
+    """(p50, p95 ms, mean answer tokens) per model, answering the same probes one at a time (batch 1), the models
+    interleaved probe by probe and run by run, so that the machine's load falls on all alike. A probe's time is the
+    median of `repeats` runs (a scheduler hiccup is not the model's); one warm-up per model."""
+    sample = latency_sample(probes, n)
+    if not sample:  # n = 0: not timed
+        return [(float("nan"), float("nan"), float("nan"))] * len(models)
+    for m in models:
+        generate(m, tokenizer, [_chat(sample[0])], max_new_tokens, 1)
+    times: list[list[float]] = [[] for _ in models]
+    tokens: list[list[int]] = [[] for _ in models]
+    for p in sample:
+        runs: list[list[float]] = [[] for _ in models]
+        answers = [""] * len(models)
+        for _ in range(repeats):
+            for k, m in enumerate(models):
+                t0 = time.perf_counter()
+                answers[k] = generate(m, tokenizer, [_chat(p)], max_new_tokens, 1)[0]
+                runs[k].append((time.perf_counter() - t0) * 1000)
+        for k in range(len(models)):
+            times[k].append(statistics.median(runs[k]))
+            tokens[k].append(len(tokenizer(answers[k], add_special_tokens=False)["input_ids"]))
+    out = []
+    for k in range(len(models)):
+        t = sorted(times[k])
+        out.append((statistics.median(t), t[min(len(t) - 1, round(0.95 * (len(t) - 1)))],
+                    statistics.fmean(tokens[k])))
+    return out
+
+
 def measure_latency(model, tokenizer, probes: Sequence[Probe], max_new_tokens: int, n: int,
                     repeats: int = 3) -> tuple[float, float]:
     """p50/p95 over probes of the milliseconds to answer one probe alone (batch 1), after one warm-up."""
-    sample = list(probes)[:n]
-    if not sample:  # n = 0: not timed
-        return float("nan"), float("nan")
-    generate(model, tokenizer, [_chat(sample[0])], max_new_tokens, 1)
-    times = []
-    for p in sample:  # a probe's time: the median of `repeats` runs (a scheduler hiccup is not the model's)
-        runs = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            generate(model, tokenizer, [_chat(p)], max_new_tokens, 1)
-            runs.append((time.perf_counter() - t0) * 1000)
-        times.append(statistics.median(runs))
-    times.sort()
-    p95 = times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
-    return statistics.median(times), p95
+    p50, p95, _ = paired_latency([model], tokenizer, probes, max_new_tokens, n, repeats)[0]
+    return p50, p95
 
 
 SHORT_ANSWER_KINDS = ("efficacy", "generalisation", "other_family", "reverse", "changed", "retention")

@@ -32,9 +32,11 @@ class Relative(_Strict):
     min_locality_ratio: float = Field(0.9, ge=0)
     min_retention_ratio: float = Field(0.9, ge=0)
     max_general_ppl_increase: float | None = Field(0.05, ge=0)  # (ppl_after / ppl_ref) - 1
-    # candidate p95 / reference p95, timed in the same process on the same probes: a merged LoRA adapter has the
-    # base's architecture, so only its answer length can make it slower
+    # candidate p95 / reference p95, timed in the same process on the same probes, interleaved: a merged LoRA adapter
+    # has the base's architecture, so only its answer length can make it slower
     max_latency_ratio: float | None = Field(1.5, gt=0)
+    # the candidate's mean answer length in tokens on the timed (general-knowledge) probes / the reference's
+    max_answer_tokens_ratio: float | None = Field(1.5, gt=0)
     min_fact_ppl_drop: float | None = Field(None, ge=0, lt=1)  # 1 - (ppl_after / ppl_ref) on fact statements
 
 
@@ -84,6 +86,11 @@ def decide(metrics: dict[str, float], thresholds: Thresholds, reference: dict[st
     if ref_timed and r.max_latency_ratio is not None:
         checks.append(_check("latency_ratio", metrics.get("latency_ms_p95", math.nan) / ref_p95,
                              r.max_latency_ratio, "<="))
+    ref_tokens = (reference or {}).get("answer_tokens")
+    if r.max_answer_tokens_ratio is not None and ref_tokens and math.isfinite(ref_tokens) and \
+            "answer_tokens" in metrics:
+        checks.append(_check("answer_tokens_ratio", metrics["answer_tokens"] / ref_tokens, r.max_answer_tokens_ratio,
+                             "<="))
     if n("generalisation"):
         checks.append(_check("generalisation", metrics.get("generalisation"), a.min_generalisation, ">="))
     if n("changed"):

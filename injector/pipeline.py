@@ -209,7 +209,7 @@ def plan_candidate(cfg: Config, home: Home, log=print, triples: list[Path] | Non
         if cfg.train.triage:
             known = {**known, **_trained_phrasing_first(reference, tokenizer, probes, cfg, log)}
         before = evaluate(reference, tokenizer, probes, cfg.eval.max_new_tokens, cfg.eval.batch_size,
-                          cfg.eval.latency_samples, known=known)
+                          latency_samples=0, known=known)  # timed beside the candidate (judge_candidate)
     _save_answers(home, ref_key, cfg, before)
     triaged: list = []  # facts the reference already answers: recorded as known, not trained
     if cfg.train.triage:
@@ -346,8 +346,9 @@ def follow_training(log=print) -> TrainResult | None:
 def judge_candidate(plan: Plan, result: TrainResult, cfg: Config, home: Home) -> tuple[EvalReport, GateDecision]:
     """Answer the same probes with the candidate, measure PPL and KL drift, and run the gate.
 
-    One model in memory at a time: the reference's log-probs for the KL check first, then the candidate."""
-    from injector.evaluate import answer_logprobs, evaluate, kl_from
+    The reference (for the KL check's log-probs) stays loaded until both models have been timed, interleaved on the
+    same probes (`evaluate.paired_latency`): the latency ratio compares like with like on one machine at one time."""
+    from injector.evaluate import answer_logprobs, evaluate, kl_from, paired_latency
     from injector.models import free_memory, load_tokenizer, load_with_adapter
 
     free_memory()
@@ -355,16 +356,19 @@ def judge_candidate(plan: Plan, result: TrainResult, cfg: Config, home: Home) ->
     ref_logp = None
     loc = [r for r in plan.before.results if r.probe.kind == "locality"]
     kl_args = ([r.probe.question for r in loc], [r.answer for r in loc])
+    reference = load_with_adapter(plan.base, plan.init_adapter, cfg.model.quantization)
     if cfg.eval.kl:
         with timed("reference_kl"):
-            reference = load_with_adapter(plan.base, plan.init_adapter, cfg.model.quantization)
             ref_logp = answer_logprobs(reference, tokenizer, *kl_args, cfg.eval.batch_size)
-            del reference
-            free_memory()
     candidate = load_with_adapter(plan.base, result.adapter_dir, cfg.model.quantization)
     with timed("candidate_eval"):
         after = evaluate(candidate, tokenizer, list(plan.probes), cfg.eval.max_new_tokens, cfg.eval.batch_size,
-                         cfg.eval.latency_samples)
+                         latency_samples=0)
+    with timed("latency"):  # both models in one process, interleaved on the same probes
+        (r50, r95, r_tok), (c50, c95, c_tok) = paired_latency(
+            [reference, candidate], tokenizer, list(plan.probes), cfg.eval.max_new_tokens, cfg.eval.latency_samples)
+    del reference
+    free_memory()
     with timed("candidate_ppl"):
         extra = _measure(candidate, tokenizer, cfg, home, list(plan.statements))
     if ref_logp is not None:
@@ -373,9 +377,12 @@ def judge_candidate(plan: Plan, result: TrainResult, cfg: Config, home: Home) ->
                                                                   cfg.eval.batch_size))
     del candidate
     free_memory()
-    after = replace(after, extra=extra)
+    extra.update(answer_tokens=c_tok, reference_latency_ms_p50=r50, reference_latency_ms_p95=r95,
+                 reference_answer_tokens=r_tok)
+    after = replace(after, latency_ms_p50=c50, latency_ms_p95=c95, extra=extra)
     thresholds = load_thresholds(cfg.content_path(cfg.eval.dir) / "gate.yaml")
-    decision = decide(metrics_of(after), thresholds, reference=metrics_of(plan.before),
+    ref_metrics = {**metrics_of(plan.before), "latency_ms_p50": r50, "latency_ms_p95": r95, "answer_tokens": r_tok}
+    decision = decide(metrics_of(after), thresholds, reference=ref_metrics,
                       compared_with=f"v{plan.current}" if plan.current else "base")
     return after, decision
 

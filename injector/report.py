@@ -128,7 +128,11 @@ def write_run_report(out: Path, before: EvalReport, after: EvalReport, train: Tr
         f"{' (early stop)' if train.stopped_early else ''}",
         f"- train loss: {train.train_loss:.4f}, best dev loss: {train.best_eval_loss}",
         f"- train throughput: {train.tokens_per_s:.0f} tokens/s, wall {train.wall_s:.1f} s",
-        f"- latency p50/p95: {after.latency_ms_p50:.0f}/{after.latency_ms_p95:.0f} ms on {after.hardware}", "",
+        f"- latency p50/p95: {after.latency_ms_p50:.0f}/{after.latency_ms_p95:.0f} ms on {after.hardware}"
+        + (f" (reference, timed beside it: {after.extra['reference_latency_ms_p50']:.0f}/"
+           f"{after.extra['reference_latency_ms_p95']:.0f} ms; answers {after.extra.get('answer_tokens', 0):.1f} vs "
+           f"{after.extra.get('reference_answer_tokens', 0):.1f} tokens)" if "reference_latency_ms_p95" in after.extra
+           else ""), "",
         f"## Gate: {'PASS' if decision.passed else 'FAIL'} (relative checks vs {decision.compared_with})", "",
         "| check | value | bound | verdict |", "|---|---|---|---|",
         *[f"| {r['check']} | {r['value']:.3f} | {r['bound']} | {r['verdict']} |" for r in decision.table()], "",

@@ -76,3 +76,18 @@ def test_kl_of_a_model_with_itself_is_zero_and_ppl_is_finite(tiny_model_dir):
     assert kl_drift(model, other, tok, prompts, answers) > 0
     ppl = perplexity(model, tok, ["The CEO of Zorvex Dynamics is Marlena Quist ."])
     assert math.isfinite(ppl) and ppl > 1
+
+
+def test_paired_latency_times_both_models_on_the_same_general_probes_first(tiny_model_dir):
+    from injector.evaluate import latency_sample, paired_latency
+
+    probes = [Probe(question=f"fact {i}?", answers=("x",), kind="efficacy") for i in range(3)]
+    probes += [Probe(question=f"general {i}?", answers=("y",), kind="locality") for i in range(2)]
+    assert [p.question for p in latency_sample(probes, 3)] == ["general 0?", "general 1?", "fact 0?"]
+    ref = BaseModelRef("tiny", str(tiny_model_dir), "")
+    tok = load_tokenizer(str(tiny_model_dir))
+    a, b = load_with_adapter(ref, None), load_with_adapter(ref, None)
+    (a50, a95, a_tok), (b50, b95, b_tok) = paired_latency([a, b], tok, probes, 6, 3, repeats=1)
+    assert 0 < a50 <= a95 and 0 < b50 <= b95
+    assert a_tok == b_tok and 0 < a_tok <= 6  # the same weights give the same answers, within the budget
+    assert all(math.isnan(x) for x in paired_latency([a], tok, probes, 6, 0)[0])
