@@ -43,7 +43,8 @@ class LoraConfig(_Section):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     target_modules: str | list[str] = "all-linear"
     # share of the decoder layers, counted from the top, that get adapters: the backward pass stops at the lowest
-    # adapted layer, so 0.5 cuts a training step's backward by about half (train.lora_layers)
+    # adapted layer (train.lora_layers). Measured on the demo with 0.5: training 457 -> 298 s, but efficacy 0.96 ->
+    # 0.67, held-out paraphrase 0.83 -> 0.56, locality 0.95 -> 0.88 (docs/BENCHMARKS.md): all layers by default
     top_layers: float = Field(1.0, gt=0, le=1)
 
 
@@ -61,7 +62,9 @@ class TrainConfig(_Section):
     # steps: 1.00; 24 facts = 90 steps: 0.96) while a large one is never cut below `epochs` passes
     min_steps: int = Field(90, ge=0)
     # a night short of `min_steps` reaches the floor first with a higher learning rate (rate x steps, the distance
-    # Adam moves the adapter, is what the floor guarantees), up to this factor, then with more passes. 1: passes only
+    # Adam moves the adapter, is what the floor guarantees), up to this factor, then with more passes. 1: passes only.
+    # Measured at 2 on a 10-fact second night: 472 -> 352 s, retention of earlier facts 0.73 -> 0.55 and locality
+    # 0.94 -> 0.88 of the reference (docs/BENCHMARKS.md): off by default
     max_lr_scale: float = Field(1.0, ge=1, le=4)
     batch_size: int = Field(8, ge=1)
     grad_accum: int = Field(2, ge=1)  # effective batch 16 (the measured runs)
@@ -78,7 +81,8 @@ class TrainConfig(_Section):
     pack: int = Field(1, ge=1)
     # a fact the model answers greedily (teacher-forced: every answer token the argmax) in all its pairs on two
     # exposures running leaves the mix, one pair kept as a sentinel that brings it back on a miss
-    # (injector/curriculum.py); pack=1 only
+    # (injector/curriculum.py); pack=1 only. Measured on the demo: it skipped ~0% (facts are answered in all their
+    # pairs only in the last pass), same quality within noise (docs/BENCHMARKS.md): off by default
     drop_learned: bool = False
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     patience: int = Field(3, ge=0)  # early stopping on the dev split; 0 disables
