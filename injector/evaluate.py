@@ -79,10 +79,11 @@ def latency_sample(probes: Sequence[Probe], n: int) -> list[Probe]:
 
 
 def paired_latency(models: Sequence, tokenizer, probes: Sequence[Probe], max_new_tokens: int, n: int,
-                   repeats: int = 3) -> list[tuple[float, float, float]]:
+                   repeats: int = 2) -> list[tuple[float, float, float]]:
     """(p50, p95 ms, mean answer tokens) per model, answering the same probes one at a time (batch 1), the models
     interleaved probe by probe and run by run, so that the machine's load falls on all alike. A probe's time is the
-    median of `repeats` runs (a scheduler hiccup is not the model's); one warm-up per model."""
+    fastest of `repeats` runs (noise only adds time: a scheduler hiccup is not the model's); one warm-up per
+    model."""
     sample = latency_sample(probes, n)
     if not sample:  # n = 0: not timed
         return [(float("nan"), float("nan"), float("nan"))] * len(models)
@@ -99,7 +100,7 @@ def paired_latency(models: Sequence, tokenizer, probes: Sequence[Probe], max_new
                 answers[k] = generate(m, tokenizer, [_chat(p)], max_new_tokens, 1)[0]
                 runs[k].append((time.perf_counter() - t0) * 1000)
         for k in range(len(models)):
-            times[k].append(statistics.median(runs[k]))
+            times[k].append(min(runs[k]))
             tokens[k].append(len(tokenizer(answers[k], add_special_tokens=False)["input_ids"]))
     out = []
     for k in range(len(models)):
@@ -110,7 +111,7 @@ def paired_latency(models: Sequence, tokenizer, probes: Sequence[Probe], max_new
 
 
 def measure_latency(model, tokenizer, probes: Sequence[Probe], max_new_tokens: int, n: int,
-                    repeats: int = 3) -> tuple[float, float]:
+                    repeats: int = 2) -> tuple[float, float]:
     """p50/p95 over probes of the milliseconds to answer one probe alone (batch 1), after one warm-up."""
     p50, p95, _ = paired_latency([model], tokenizer, probes, max_new_tokens, n, repeats)[0]
     return p50, p95
