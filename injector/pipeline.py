@@ -187,7 +187,7 @@ def plan_candidate(cfg: Config, home: Home, log=print, triples: list[Path] | Non
         probes = build_probes(changes, recipes, load_phrasings(eval_dir / f"phrasings.{cfg.recipes.language}.yaml"))
         probes += retention_probes(earlier, recipes, cfg.eval.retention_samples, cfg.train.seed)
         if cfg.eval.locality:
-            probes += read_questions(cfg.content_path(cfg.eval.dir) / f"locality.{cfg.recipes.language}.jsonl",
+            probes += read_questions(eval_dir / f"locality.{cfg.recipes.language}.jsonl",
                                      default_kind="locality")
 
     base = base or resolve_base(cfg.model.base, home.models)
@@ -620,9 +620,9 @@ def _replay(pairs, changes, earlier, recipes, cfg: Config, model, tokenizer, hom
         return []
     rng = random.Random(cfg.train.seed)
     batch = [c.triple for c in changes]
-    n_old = old_fact_quota(budget, r, neighbourhood(earlier, batch, recipes))
+    n_old = old_fact_quota(budget, r, neighbourhood(earlier, batch, recipes) if r.replay_neighbours else 0)
     old = old_fact_pairs(earlier, recipes, n_old, rng, batch)
-    rest = budget - min(len(old), round(budget * r.old_fact_share)) if r.general_replay else 0
+    rest = budget - min(len(old), round(budget * r.old_fact_share))  # neighbours beyond the share take no part
     if rest <= 0 or not r.general_replay:
         return old
     known = load_anchors(cfg.content_path(r.dir) / f"anchors.{r.language}.yaml")

@@ -330,9 +330,9 @@ def learned_facts(pairs: list[InstructionPair], tokenizer):
     by_fact: dict[str, list[tuple[int, ...]]] = {}
     for p in pairs:
         if p.origin == "new" and p.fact_id:
-            by_fact.setdefault(p.fact_id, []).append(tuple(_packed_row(tokenizer, [p])["input_ids"]))
-    answers = {t for keys in by_fact.values() for k in keys for t in k}
-    ignore = frozenset(t for t in answers if t in tokenizer.all_special_ids or not tokenizer.decode([t]).strip())
+            by_fact.setdefault(p.fact_id, []).append(tuple(_chat_ids(tokenizer, list(p.messages))))
+    tokens = {t for keys in by_fact.values() for k in keys for t in k}
+    ignore = frozenset(t for t in tokens if t in tokenizer.all_special_ids or not tokenizer.decode([t]).strip())
     return LearnedFacts(by_fact, ignore=ignore)
 
 
@@ -345,9 +345,8 @@ def planned_accum(cfg: TrainConfig, n_train: int, world_size: int = 1) -> int:
     """`cfg.grad_accum`, lowered (down to 1) where `cfg.epochs` passes would give fewer than `cfg.min_steps` optimizer
     steps: a small night reaches the step floor with smaller optimizer steps instead of more passes over its data
     (10 facts: 6 passes instead of 12, half the tokens)."""
-    micro = math.ceil(n_train / (sequences_per_batch(cfg) * world_size)) if n_train else 0
     for accum in range(cfg.grad_accum, 1, -1):
-        if math.ceil(micro / accum) * cfg.epochs >= cfg.min_steps:
+        if _steps_per_epoch(cfg, n_train, world_size, accum) * cfg.epochs >= cfg.min_steps:
             return accum
     return 1
 
@@ -371,9 +370,10 @@ def planned_learning_rate(cfg: TrainConfig, n_train: int, world_size: int = 1) -
     return cfg.learning_rate * min(cfg.max_lr_scale, cfg.min_steps / steps)
 
 
-def _steps_per_epoch(cfg: TrainConfig, n_train: int, world_size: int) -> int:
-    per_device = sequences_per_batch(cfg)
-    return math.ceil(math.ceil(n_train / (per_device * world_size)) / cfg.grad_accum) if n_train else 0
+def _steps_per_epoch(cfg: TrainConfig, n_train: int, world_size: int, accum: int | None = None) -> int:
+    """Optimizer steps per pass over `n_train` conversations (at `accum` micro-batches a step, or the config's)."""
+    micro = math.ceil(n_train / (sequences_per_batch(cfg) * world_size))
+    return math.ceil(micro / (accum or cfg.grad_accum)) if n_train else 0
 
 
 def _sft_config(SFTConfig, cfg: TrainConfig, ckpt_dir: Path, precision: str, has_dev: bool):
