@@ -207,7 +207,8 @@ def _row(name: str, outcome, acc: dict, wall: float) -> dict:
             "paraphrase": acc.get("paraphrase", float("nan")),
             "portability": acc.get("portability", acc.get("multihop", float("nan"))),
             "locality_authors": acc.get("locality_authors", float("nan")),
-            "locality_ours": rel("locality"), "general_ppl_change": rel("general_ppl", ratio=False),
+            "locality_ours": rel("locality"), "neighbourhood": after.get("neighbourhood", float("nan")),
+            "general_ppl_change": rel("general_ppl", ratio=False),
             "kl_drift": after.get("kl_drift", float("nan")), "tokens_per_s": outcome.train.tokens_per_s,
             "wall_s": wall, "gate": "pass" if outcome.decision.passed else "fail"}
 
@@ -264,6 +265,7 @@ def run_benchmark(sl: Slice, cfg_file: Path | None, overrides: list[str], work: 
                      "paraphrase": base_acc.get("paraphrase", float("nan")),
                      "portability": base_acc.get("portability", base_acc.get("multihop", float("nan"))),
                      "locality_authors": base_acc.get("locality_authors", float("nan")), "locality_ours": 1.0,
+                     "neighbourhood": before.accuracy("neighbourhood"),
                      "general_ppl_change": 0.0, "kl_drift": 0.0, "tokens_per_s": float("nan"),
                      "wall_s": base_wall, "gate": "-"})
     continual = _continual(sl, probes, cfg_file, overrides, work, shared, nights, base, log) if nights else []
@@ -303,7 +305,8 @@ def _continual(sl: Slice, probes, cfg_file, overrides, work: Path, shared: Path,
 
 COLUMNS = [("row", "row"), ("efficacy", "efficacy"), ("paraphrase", "authors' paraphrase"),
            ("portability", "portability / multi-hop"), ("locality_authors", "locality (authors', = base)"),
-           ("locality_ours", "locality (ours) / base"), ("general_ppl_change", "general PPL change"),
+           ("locality_ours", "locality (ours) / base"), ("neighbourhood", "subjects' other relations"),
+           ("general_ppl_change", "general PPL change"),
            ("kl_drift", "KL drift"), ("tokens_per_s", "train tok/s"), ("wall_s", "wall s"), ("gate", "gate")]
 
 
@@ -325,7 +328,7 @@ def tables(results: dict) -> str:
         out.append(f"#### {name}: {res['n_facts']} facts, {res['n_probes']} benchmark probes\n")
         out.append("| " + " | ".join(h for _, h in COLUMNS) + " |")
         out.append("|" + "---|" * len(COLUMNS))
-        out += ["| " + " | ".join(_cell(k, r[k]) for k, _ in COLUMNS) + " |" for r in res["rows"]]
+        out += ["| " + " | ".join(_cell(k, r.get(k, float("nan"))) for k, _ in COLUMNS) + " |" for r in res["rows"]]
         if res["continual"]:
             out.append(f"\nContinual ({len(res['continual'])} nightly batches, accuracy on batch 1 after each):\n")
             out.append("| night | facts | batch-1 accuracy | efficacy | authors' paraphrase | gate | promoted "

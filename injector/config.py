@@ -122,6 +122,10 @@ class RecipesConfig(_Section):
     # batch's neighbours out, and what is not replayed is what gets forgotten (docs/BENCHMARKS.md)
     replay_neighbours: bool = True
     anchor_share: float = Field(0.5, ge=0, le=1)  # of the rest: real subjects in the batch's relations
+    # of those real-subject prompts: the batch's own subjects asked their other relations (the siblings of their
+    # batch relations: relations one subject has together in the anchors or the KG), answered by the model itself;
+    # the rest are anchors (other subjects in the batch's relations)
+    subject_share: float = Field(0.5, ge=0, le=1)
     distill_max_new_tokens: int = Field(48, ge=8)
 
 
@@ -149,6 +153,9 @@ class EvalConfig(_Section):
     # cores; 0 skips the PPL check
     ppl_max_tokens: int = Field(8000, ge=0)
     kl: bool = True  # KL(reference || candidate) on the reference's own answers to the locality prompts
+    # per subject of the batch, one of its other relations (held out from subject replay) asked before and after:
+    # correct while the answer does not carry the subject's new object over (the probe kind `neighbourhood`)
+    neighbourhood: bool = True
 
 
 class Config(_Section):

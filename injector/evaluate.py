@@ -22,9 +22,11 @@ def normalise(text: str) -> str:
 
 
 def judge(probe: Probe, answer: str) -> bool:
-    """Correct when one accepted answer occurs in the generation and no forbidden one does."""
+    """Correct when one accepted answer occurs in the generation and no forbidden one does; a probe with no
+    accepted answers (`neighbourhood`) only forbids."""
     text = normalise(answer)
-    return any(normalise(a) in text for a in probe.answers if a.strip()) and not any(
+    accepted = [a for a in probe.answers if a.strip()]
+    return (not probe.answers or any(normalise(a) in text for a in accepted)) and not any(
         normalise(f) in text for f in probe.forbidden if f.strip()
     )
 

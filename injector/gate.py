@@ -31,6 +31,7 @@ class Absolute(_Strict):
 class Relative(_Strict):
     min_locality_ratio: float = Field(0.9, ge=0)
     min_retention_ratio: float = Field(0.9, ge=0)
+    min_neighbourhood_ratio: float | None = Field(None, ge=0)  # the batch subjects' other relations (`neighbourhood`)
     max_general_ppl_increase: float | None = Field(0.05, ge=0)  # (ppl_after / ppl_ref) - 1
     # candidate p95 / reference p95, timed in the same process on the same probes, interleaved: a merged LoRA adapter
     # has the base's architecture, so only its answer length can make it slower
@@ -97,8 +98,9 @@ def decide(metrics: dict[str, float], thresholds: Thresholds, reference: dict[st
         checks.append(_check("changed", metrics.get("changed"), a.min_changed, ">="))
     if n("other_family") and a.min_other_family is not None:
         checks.append(_check("other_family", metrics.get("other_family"), a.min_other_family, ">="))
-    for kind, bound in (("locality", r.min_locality_ratio), ("retention", r.min_retention_ratio)):
-        if not n(kind):
+    for kind, bound in (("locality", r.min_locality_ratio), ("retention", r.min_retention_ratio),
+                        ("neighbourhood", r.min_neighbourhood_ratio)):
+        if not n(kind) or bound is None:
             continue
         ref = (reference or {}).get(kind)
         if ref is None or not math.isfinite(ref):

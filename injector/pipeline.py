@@ -170,6 +170,7 @@ def plan_candidate(cfg: Config, home: Home, log=print, triples: list[Path] | Non
     from injector.evaluate import evaluate
     from injector.models import load_tokenizer, load_with_adapter, resolve_base
     from injector.recipes import build_pairs, build_probes, load_phrasings, load_recipes, statement_of
+    from injector.replay import neighbourhood_probes
 
     ledger = Ledger(home.ledger)
     try:
@@ -186,6 +187,9 @@ def plan_candidate(cfg: Config, home: Home, log=print, triples: list[Path] | Non
         eval_dir = cfg.content_path(cfg.eval.dir)
         probes = build_probes(changes, recipes, load_phrasings(eval_dir / f"phrasings.{cfg.recipes.language}.yaml"))
         probes += retention_probes(earlier, recipes, cfg.eval.retention_samples, cfg.train.seed)
+        near, held = _subject_neighbourhood(changes, earlier, recipes, cfg)
+        if cfg.eval.neighbourhood:
+            probes += neighbourhood_probes([c.triple for c in changes], held, recipes)
         if cfg.eval.locality:
             probes += read_questions(eval_dir / f"locality.{cfg.recipes.language}.jsonl",
                                      default_kind="locality")
@@ -222,13 +226,14 @@ def plan_candidate(cfg: Config, home: Home, log=print, triples: list[Path] | Non
             return None
     with timed("replay_self_distill"):
         replay = _replay(pairs, changes, earlier, recipes, cfg, reference, tokenizer, home, base.sha256,
-                         current if init_adapter else None)
+                         current if init_adapter else None, (near, held))
     pairs += replay
     if replay:
         known_ids = {t.id for t in triaged}
         old = [p for p in replay if p.kind == "replay_fact"]
         log(f"replay: {len(old)} earlier facts ({sum(p.fact_id in known_ids for p in old)}"
             f" of them triaged as known tonight), {sum(p.kind == 'anchor' for p in replay)} anchors, "
+            f"{sum(p.kind == 'subject' for p in replay)} questions of the subjects' other relations, "
             f"{sum(p.kind == 'general' for p in replay)} general instructions")
     generated = sorted({humanise(c.triple.predicate) for c in changes
                         if not c.triple.question and recipes.generated(c.triple.predicate)})
@@ -595,10 +600,25 @@ def old_fact_quota(budget: int, r, neighbours: int) -> int:
     return max(n_old, min(neighbours, budget)) if r.replay_neighbours else n_old
 
 
+def _subject_neighbourhood(changes, earlier, recipes, cfg: Config) -> tuple[dict, dict]:
+    """The batch's subjects' other relations (`replay.subject_neighbourhood`) and the one per subject held out for
+    the `neighbourhood` probes; the split does not depend on `recipes.subject_share`, so rows with and without
+    subject replay are judged on the same probes."""
+    from injector.replay import held_out_relations, load_anchors, sibling_relations, subject_neighbourhood
+
+    batch = [c.triple for c in changes]
+    known = load_anchors(cfg.content_path(cfg.recipes.dir) / f"anchors.{cfg.recipes.language}.yaml")
+    near = subject_neighbourhood(batch, sibling_relations(known, [*earlier, *batch], recipes), recipes,
+                                 [*earlier, *batch])
+    return near, held_out_relations(near, cfg.train.seed)
+
+
 def _replay(pairs, changes, earlier, recipes, cfg: Config, model, tokenizer, home: Home, base_sha: str,
-            adapter_version: str | None) -> list:
-    """Replay for a new:replay mix: earlier facts (up to their share), anchors in the batch's relations (every
-    relation for question-answer facts; up to their share), self-distilled general instructions for the rest."""
+            adapter_version: str | None, subjects: tuple[dict, dict] = ({}, {})) -> list:
+    """Replay for a new:replay mix: earlier facts (up to their share), real-subject prompts (up to their share: the
+    batch's subjects asked their other relations, and anchors in the batch's relations, every relation for
+    question-answer facts), self-distilled general instructions for the rest. All prompts are answered by the
+    current model itself."""
     import random
 
     from injector.replay import (
@@ -612,6 +632,7 @@ def _replay(pairs, changes, earlier, recipes, cfg: Config, model, tokenizer, hom
         old_fact_pairs,
         replay_budget,
         self_distill,
+        subject_prompts,
     )
 
     r = cfg.recipes
@@ -626,14 +647,17 @@ def _replay(pairs, changes, earlier, recipes, cfg: Config, model, tokenizer, hom
     if rest <= 0 or not r.general_replay:
         return old
     known = load_anchors(cfg.content_path(r.dir) / f"anchors.{r.language}.yaml")
-    anchors = anchor_prompts(anchor_relations(changes, recipes, known), known, recipes,
-                             round(rest * r.anchor_share), rng)
+    n_real = round(rest * r.anchor_share)
+    subject = subject_prompts(*subjects, recipes, round(n_real * r.subject_share), rng)
+    anchors = anchor_prompts(anchor_relations(changes, recipes, known), known, recipes, n_real - len(subject), rng)
     prompts = load_prompts(cfg.content_path(r.dir) / f"general_prompts.{r.language}.jsonl")
-    general = rng.sample(prompts, min(rest - len(anchors), len(prompts)))
+    general = rng.sample(prompts, min(rest - len(subject) - len(anchors), len(prompts)))
     cache = home.cache / f"distill-{model_key(base_sha, adapter_version)}.jsonl"
-    answers = self_distill(model, tokenizer, anchors + general, cache, r.distill_max_new_tokens, cfg.eval.batch_size)
-    ask = dict(anchors + general)
-    return (old + distilled_pairs({i: answers[i] for i, _ in anchors}, ask, "anchor")
+    answers = self_distill(model, tokenizer, subject + anchors + general, cache, r.distill_max_new_tokens,
+                           cfg.eval.batch_size)
+    ask = dict(subject + anchors + general)
+    return (old + distilled_pairs({i: answers[i] for i, _ in subject}, ask, "subject")
+            + distilled_pairs({i: answers[i] for i, _ in anchors}, ask, "anchor")
             + distilled_pairs({i: answers[i] for i, _ in general}, ask, "general"))
 
 

@@ -176,6 +176,91 @@ def anchor_prompts(relations: list[str], anchors: dict[str, list[str]], recipes:
     return out
 
 
+def sibling_relations(anchors: dict[str, list[str]], facts, recipes: Recipes) -> dict[str, set[str]]:
+    """Relations asked of the same kind of subject: two are siblings when one subject has both, in the anchors'
+    seed lists (Einstein: birthplace, occupation, citizenship) or in the knowledge graph itself (the ledger and the
+    batch). Learned from the data, so a KG's own predicates join their subjects' other relations."""
+    by_subject: dict[str, set[str]] = {}
+    for rel, subjects in anchors.items():
+        for s in subjects:
+            by_subject.setdefault(s.lower(), set()).add(rel)
+    for t in facts:
+        if not t.question:
+            by_subject.setdefault(t.subject.lower(), set()).add(recipes.canonical(t.predicate))
+    out: dict[str, set[str]] = {}
+    for rels in by_subject.values():
+        for r in rels:
+            out.setdefault(r, set()).update(rels - {r})
+    return out
+
+
+def subject_neighbourhood(batch, siblings: dict[str, set[str]], recipes: Recipes,
+                          stated) -> dict[str, list[str]]:
+    """Per subject of the batch, the sibling relations of its batch relations that neither the batch nor the ledger
+    (`stated`: triples) gives it: its other facts as the model knows them, which an edit of the subject puts at
+    risk. Sorted, so a night's split between replayed and held-out relations is reproducible."""
+    have: dict[str, set[str]] = {}
+    for t in stated:
+        if not t.question:
+            have.setdefault(t.subject.lower(), set()).add(recipes.canonical(t.predicate))
+    out: dict[str, list[str]] = {}
+    for t in batch:
+        if t.question or t.subject in out:
+            continue
+        rels = have.get(t.subject.lower(), set())
+        near = set().union(*(siblings.get(r, set()) for r in rels)) - rels
+        if near:
+            out[t.subject] = sorted(near)
+    return out
+
+
+def held_out_relations(near: dict[str, list[str]], seed: int) -> dict[str, str]:
+    """One sibling relation per subject kept for evaluation only (`neighbourhood` probes), never replayed; a subject
+    with a single sibling relation has it replayed and none held out."""
+    rng = random.Random(seed)
+    return {s: rng.choice(rels) for s, rels in near.items() if len(rels) > 1}
+
+
+def subject_prompts(near: dict[str, list[str]], held: dict[str, str], recipes: Recipes, n: int,
+                    rng: random.Random) -> list[tuple[str, str]]:
+    """Up to `n` questions about the batch's subjects in their other (sibling) relations, in the trained templates,
+    round-robin over subjects; the current model answers them itself (self-distilled replay), so that editing one
+    fact of a real subject leaves its other facts as they were."""
+    by_subject: dict[str, list[tuple[str, str]]] = {}
+    for subject, rels in near.items():
+        items = []
+        for name in rels:
+            if held.get(subject) == name:
+                continue
+            rel = recipes.relation(name)
+            qi = rng.randrange(len(rel.questions))
+            items.append((f"subject:{name}:{subject}:{qi}", _fill(rel.questions[qi], Triple(subject, name, ""))))
+        rng.shuffle(items)
+        by_subject[subject] = items
+    out: list[tuple[str, str]] = []
+    while len(out) < n and any(by_subject.values()):
+        for items in by_subject.values():
+            if items and len(out) < n:
+                out.append(items.pop())
+    return out
+
+
+def neighbourhood_probes(batch, held: dict[str, str], recipes: Recipes) -> list[Probe]:
+    """One held-out question per subject in a sibling relation no training pair asks (`held_out_relations`), in the
+    relation's held-out phrasing: correct while the answer does not carry the subject's new object(s) over."""
+    new: dict[str, set[str]] = {}
+    for t in batch:
+        if not t.question:
+            new.setdefault(t.subject, set()).add(t.object)
+    out = []
+    for subject, name in held.items():
+        rel = recipes.relation(name)
+        q = _fill((rel.probes or rel.questions)[0], Triple(subject, name, ""))
+        out.append(Probe(question=q, answers=(), kind="neighbourhood", relation=rel.name,
+                         forbidden=tuple(sorted(new.get(subject, ())))))
+    return out
+
+
 def distilled_pairs(answers: dict[str, str], prompts: dict[str, str], kind: str) -> list[InstructionPair]:
     return [InstructionPair(messages=({"role": "user", "content": prompts[i]}, {"role": "assistant", "content": a}),
                             fact_id="", kind=kind, template_id=i, origin="replay")

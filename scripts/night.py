@@ -121,6 +121,7 @@ def main() -> int:
         "other_family": m.get("other_family"),
         "locality_vs_reference": (m["locality"] / ref["locality"]) if ref.get("locality") else None,
         "retention_vs_reference": (m["retention"] / ref["retention"]) if ref.get("retention") else None,
+        "neighbourhood": m.get("neighbourhood"),  # the batch subjects' held-out other relations, new object absent
         "checks": {c.name: {"value": c.value, "bound": c.bound, "op": c.op, "passed": c.passed, "gated": c.gated}
                    for c in out.decision.checks},
         "general_ppl_change": (m["general_ppl"] / ref["general_ppl"] - 1) if ref.get("general_ppl") else None,

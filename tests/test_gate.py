@@ -90,3 +90,14 @@ def test_other_family_is_reported_and_gated_only_when_a_bound_is_set():
     strict = Thresholds(absolute=Absolute(min_other_family=0.5))
     d = decide(metrics, strict)
     assert not d.passed and [c.name for c in d.checks if not c.passed] == ["other_family"]
+
+
+def test_neighbourhood_is_reported_and_gated_as_a_ratio_only_when_a_bound_is_set():
+    metrics = {**OK, "neighbourhood": 0.6, "n_neighbourhood": 10}
+    ref = {"neighbourhood": 1.0}
+    assert "neighbourhood_ratio" not in {c.name for c in decide(metrics, T, ref).checks}
+    strict = Thresholds(relative=Relative(min_neighbourhood_ratio=0.9, max_general_ppl_increase=None,
+                                          max_latency_ratio=None, max_answer_tokens_ratio=None))
+    d = decide(metrics, strict, ref)
+    assert not d.passed and [c.name for c in d.checks if not c.passed] == ["neighbourhood_ratio"]
+    assert decide({**metrics, "neighbourhood": 0.9}, strict, ref).passed

@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from conftest import eval_dir, tiny_config
+from conftest import TINY_FACTS, eval_dir, tiny_config
 
 from injector import registry
 from injector.ledger import Ledger
@@ -20,8 +20,14 @@ def lenient_eval(tmp_path):
 
 def test_train_registers_champion_and_is_idempotent(home, tiny_model_dir, tiny_facts_file, lenient_eval):
     cfg = tiny_config(tiny_model_dir, f"eval.dir={lenient_eval}")
-    out = run_train([tiny_facts_file], cfg, home, log=lambda *a: None)
+    lines: list[str] = []
+    out = run_train([tiny_facts_file], cfg, home, log=lambda *a: lines.append(" ".join(map(str, a))))
     assert out.version == "1" and out.decision.passed and out.promoted, out.decision.table()
+    # each subject's other relations: replayed in the model's own answers, one held out and asked before and after
+    replay = next(x for x in lines if x.startswith("replay: "))
+    assert int(replay.split(" anchors, ")[1].split()[0]) > 0, replay
+    held = [r.probe for r in out.after.results if r.probe.kind == "neighbourhood"]
+    assert len(held) == 4 and {p.forbidden for p in held} == {(f["object"],) for f in TINY_FACTS}
     registry.connect(home)
     assert registry.champion() == "1"
     assert registry.version_tags("1")["gate"] == "pass"
@@ -88,7 +94,6 @@ def test_killed_run_resumes_to_the_same_adapter(tmp_path, tiny_model_dir, tiny_f
 
 
 def test_train_on_a_file_with_bad_lines_trains_the_good_ones(home, tiny_model_dir, tmp_path, lenient_eval):
-    from conftest import TINY_FACTS
 
     f = tmp_path / "mixed.jsonl"
     f.write_text("".join(json.dumps(r) + "\n" for r in TINY_FACTS) + "{broken\n" +
@@ -107,7 +112,6 @@ def test_train_on_a_file_with_bad_lines_trains_the_good_ones(home, tiny_model_di
 def test_second_night_reuses_the_champions_judged_answers(home, tiny_model_dir, tmp_path, lenient_eval):
     """The reference's general-knowledge answers depend only on (model, probe): the champion answered them when it
     was judged, so the next night does not generate them again; every night reports its time by stage and part."""
-    from conftest import TINY_FACTS
 
     cfg = tiny_config(tiny_model_dir, f"eval.dir={lenient_eval}", "eval.kl=false")
     first, second = tmp_path / "1.jsonl", tmp_path / "2.jsonl"
@@ -151,7 +155,6 @@ def test_turtle_with_unseen_predicates_trains_with_generated_templates(home, tin
 def test_known_facts_are_triaged_out_of_training(home, tiny_model_dir, tmp_path, lenient_eval):
     """A pending fact the champion already answers in every phrasing is recorded as known, not trained, and kept
     as a retention probe; the unknown one is trained."""
-    from conftest import TINY_FACTS
 
     lenient = eval_dir(tmp_path / "t", "absolute:\n  min_efficacy: 0.75\n  min_generalisation: 0.0\n"
                                        "  max_latency_ms_p95: 100000\nrelative:\n  max_general_ppl_increase: null\n"

@@ -12,11 +12,16 @@ from injector.records import FactChange, Triple
 from injector.replay import (
     anchor_prompts,
     anchor_relations,
+    held_out_relations,
     load_anchors,
     load_prompts,
+    neighbourhood_probes,
     old_fact_pairs,
     replay_budget,
     retention_probes,
+    sibling_relations,
+    subject_neighbourhood,
+    subject_prompts,
     trim_to_sentence,
 )
 
@@ -267,3 +272,40 @@ def test_other_family_probes_come_from_no_training_template(tmp_path):
     bad.write_text("relations:\n  ceo:\n    - 'Name the boss.'\n")
     with pytest.raises(InjectorError, match="ceo"):
         load_phrasings(bad)
+
+
+def test_subject_neighbourhood_asks_a_batch_subject_its_other_relations_and_holds_one_out():
+    """Editing one fact of a real subject puts its other facts at risk: they are replayed in the model's own answers
+    (subject prompts), one relation per subject held out for the `neighbourhood` probes."""
+    import random
+
+    from injector.evaluate import judge
+
+    anchors = {"birthplace": ["Marie Curie"], "citizenship": ["Marie Curie"], "occupation": ["Marie Curie"],
+               "capital": ["Sweden"], "language": ["Sweden"]}
+    ledger = [Triple("Ada Vell", "occupation", "chemist"), Triple("Acme", "has_list_price", "9 EUR"),
+              Triple("Acme", "ceo", "Ann Lee")]
+    assert sibling_relations(anchors, ledger, RECIPES) == {
+        "birthplace": {"citizenship", "occupation"}, "citizenship": {"birthplace", "occupation"},
+        "occupation": {"birthplace", "citizenship"}, "capital": {"language"}, "language": {"capital"},
+        "has_list_price": {"ceo"}, "ceo": {"has_list_price"}}  # the KG's own predicates join their subjects'
+    batch = [Triple("Ada Vell", "citizenship", "Norland"), Triple("Ada Vell", "birthplace", "Osk"),
+             Triple("Zorbia", "capital", "Velm"), Triple("Ringo", "sport", "polo"), Triple("", "", "x", question="Q?")]
+    sib = sibling_relations(anchors, [*ledger, *batch], RECIPES)
+    near = subject_neighbourhood(batch, sib, RECIPES, [*ledger, *batch])
+    # Ada Vell: occupation is already stated in the ledger; Ringo's sport has no sibling relation; QA facts none
+    assert near == {"Zorbia": ["language"]}
+    near = subject_neighbourhood(batch, sib, RECIPES, batch)
+    assert near == {"Ada Vell": ["occupation"], "Zorbia": ["language"]}
+    wide = {"Ada Vell": ["deathplace", "occupation", "religion"], "Zorbia": ["language"]}
+    held = held_out_relations(wide, 0)
+    assert set(held) == {"Ada Vell"} and held["Ada Vell"] in wide["Ada Vell"]  # one sibling: replayed, none held
+    prompts = subject_prompts(wide, held, RECIPES, 10, random.Random(0))
+    asked = {(i.split(":")[2], i.split(":")[1]) for i, _ in prompts}
+    assert len(prompts) == 3 and ("Ada Vell", held["Ada Vell"]) not in asked and ("Zorbia", "language") in asked
+    assert all(i.split(":")[2] in q for i, q in prompts)  # the subject itself is asked
+    assert len(subject_prompts(wide, held, RECIPES, 1, random.Random(0))) == 1
+    probes = neighbourhood_probes(batch, held, RECIPES)
+    assert [(p.kind, p.forbidden) for p in probes] == [("neighbourhood", ("Norland", "Osk"))]
+    assert probes[0].question in [q.format(subject="Ada Vell") for q in RECIPES.relations[held["Ada Vell"]].probes]
+    assert judge(probes[0], "She was a chemist.") and not judge(probes[0], "Ada Vell was born in Osk.")
