@@ -122,9 +122,9 @@ class RecipesConfig(_Section):
     # batch's neighbours out, and what is not replayed is what gets forgotten (docs/BENCHMARKS.md)
     replay_neighbours: bool = True
     anchor_share: float = Field(0.5, ge=0, le=1)  # of the rest: real subjects in the batch's relations
-    # of those real-subject prompts: the batch's own subjects asked their other relations (the siblings of their
-    # batch relations: relations one subject has together in the anchors or the KG), answered by the model itself;
-    # the rest are anchors (other subjects in the batch's relations)
+    # on top of the mix: each subject of the batch asked one of its other relations (the siblings of its batch
+    # relations: relations one subject has together in the anchors or the KG), answered by the model itself; at most
+    # this share of the replay budget (one question per subject: +1 short pair per ~9 new ones); 0 turns it off
     subject_share: float = Field(0.5, ge=0, le=1)
     distill_max_new_tokens: int = Field(48, ge=8)
 

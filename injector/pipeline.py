@@ -615,10 +615,9 @@ def _subject_neighbourhood(changes, earlier, recipes, cfg: Config) -> tuple[dict
 
 def _replay(pairs, changes, earlier, recipes, cfg: Config, model, tokenizer, home: Home, base_sha: str,
             adapter_version: str | None, subjects: tuple[dict, dict] = ({}, {})) -> list:
-    """Replay for a new:replay mix: earlier facts (up to their share), real-subject prompts (up to their share: the
-    batch's subjects asked their other relations, and anchors in the batch's relations, every relation for
-    question-answer facts), self-distilled general instructions for the rest. All prompts are answered by the
-    current model itself."""
+    """Replay for a new:replay mix: earlier facts (up to their share), anchors in the batch's relations (every
+    relation for question-answer facts; up to their share), self-distilled general instructions for the rest; and on
+    top, each subject of the batch asked one of its other relations. Prompts are answered by the current model."""
     import random
 
     from injector.replay import (
@@ -647,11 +646,13 @@ def _replay(pairs, changes, earlier, recipes, cfg: Config, model, tokenizer, hom
     if rest <= 0 or not r.general_replay:
         return old
     known = load_anchors(cfg.content_path(r.dir) / f"anchors.{r.language}.yaml")
-    n_real = round(rest * r.anchor_share)
-    subject = subject_prompts(*subjects, recipes, round(n_real * r.subject_share), rng)
-    anchors = anchor_prompts(anchor_relations(changes, recipes, known), known, recipes, n_real - len(subject), rng)
+    anchors = anchor_prompts(anchor_relations(changes, recipes, known), known, recipes,
+                             round(rest * r.anchor_share), rng)
     prompts = load_prompts(cfg.content_path(r.dir) / f"general_prompts.{r.language}.jsonl")
-    general = rng.sample(prompts, min(rest - len(subject) - len(anchors), len(prompts)))
+    general = rng.sample(prompts, min(rest - len(anchors), len(prompts)))
+    # one question per subject of the batch about one of its other relations, on top of the mix (anchors and
+    # general instructions keep their measured shares), at most `subject_share` of the replay budget
+    subject = subject_prompts(*subjects, recipes, min(len(subjects[0]), round(budget * r.subject_share)), rng)
     cache = home.cache / f"distill-{model_key(base_sha, adapter_version)}.jsonl"
     answers = self_distill(model, tokenizer, subject + anchors + general, cache, r.distill_max_new_tokens,
                            cfg.eval.batch_size)
