@@ -224,6 +224,9 @@ def plan_candidate(cfg: Config, home: Home, log=print, triples: list[Path] | Non
         if not changes:
             log("no-op: the serving model already answers every pending fact; recorded as known, nothing to train")
             return None
+    if cfg.recipes.model_paraphrases:
+        with timed("model_paraphrases"):
+            pairs = pairs + _model_paraphrases(changes, recipes, reference, tokenizer, cfg, log)
     with timed("replay_self_distill"):
         replay = _replay(pairs, changes, earlier, recipes, cfg, reference, tokenizer, home, base.sha256,
                          current if init_adapter else None, (near, held))
@@ -598,6 +601,21 @@ def old_fact_quota(budget: int, r, neighbours: int) -> int:
     budget on top of the anchors' and general instructions' part (which this never takes from)."""
     n_old = round(budget * r.old_fact_share) if r.general_replay else budget
     return max(n_old, min(neighbours, budget)) if r.replay_neighbours else n_old
+
+
+def _model_paraphrases(changes, recipes, model, tokenizer, cfg: Config, log) -> list:
+    """The reference rephrases each fact's trained question (greedy); the usable rephrasings become training pairs
+    (`recipes.paraphrase_pairs`)."""
+    from injector.evaluate import generate
+    from injector.recipes import PARAPHRASE_PROMPT, _fill, paraphrase_pairs
+
+    asked = [(c.triple.id, c.triple.question or _fill(recipes.relation(c.triple.predicate).questions[0], c.triple))
+             for c in changes]
+    texts = generate(model, tokenizer, [[{"role": "user", "content": PARAPHRASE_PROMPT.format(question=q)}]
+                                        for _, q in asked], 40, cfg.eval.batch_size)
+    pairs = paraphrase_pairs(changes, recipes, {i: x for (i, _), x in zip(asked, texts)})
+    log(f"model paraphrases: {len(pairs)} of {len(asked)} facts rephrased usably by the model itself")
+    return pairs
 
 
 def _subject_neighbourhood(changes, earlier, recipes, cfg: Config) -> tuple[dict, dict]:

@@ -301,3 +301,40 @@ def build_probes(changes: list[FactChange], recipes: Recipes,
 def statement_of(t: Triple, recipes: Recipes) -> str:
     """The fact as one sentence (its perplexity should fall once it is learned)."""
     return f"{t.question} {t.object}" if t.question else _fill(recipes.relation(t.predicate).statement, t)
+
+
+PARAPHRASE_PROMPT = "Rephrase this question in other words, keeping its meaning: {question}"
+
+
+def model_paraphrase(text: str, t: Triple, known: list[str]) -> str | None:
+    """A usable question from the model's rephrasing of a fact's question, or None: its first line, unquoted; it
+    must be one question (ends with "?"), name the subject, not give the answer away, and differ from the
+    phrasings the recipes already have. A small model often answers instead of rephrasing: those are rejected."""
+    line = text.strip().splitlines()[0].strip().strip('"\u201c\u201d\'') if text.strip() else ""
+    low = " ".join(line.lower().split())
+    if not line.endswith("?") or line.count("?") != 1 or len(line) > 200:
+        return None
+    if t.subject.lower() not in low or (t.object.strip() and t.object.lower() in low):
+        return None
+    if low in {" ".join(k.lower().split()) for k in known}:
+        return None
+    return line
+
+
+def paraphrase_pairs(changes: list[FactChange], recipes: Recipes, rephrased: dict[str, str]) -> list[InstructionPair]:
+    """Training pairs for the model's own rephrasings of each fact's trained question (`rephrased`: fact id -> the
+    model's text), those that pass `model_paraphrase`; answered like the recipes' forward questions."""
+    pairs = []
+    for change in changes:
+        t = change.triple
+        if t.id not in rephrased:
+            continue
+        rel = recipes.relation(t.predicate)
+        known = [t.question] if t.question else [_fill(x, t) for x in (*rel.questions, *rel.probes)]
+        q = model_paraphrase(rephrased[t.id], t, known)
+        if q is None:
+            continue
+        answer = _short(t.object) if recipes.answer_style == "short" or t.question else _fill(rel.statement, t)
+        pairs.append(InstructionPair(messages=_chat(q, answer), fact_id=t.id, kind="forward",
+                                     template_id="model:paraphrase"))
+    return pairs

@@ -141,10 +141,15 @@ def test_turtle_with_unseen_predicates_trains_with_generated_templates(home, tin
                    'wd:P131 rdfs:label "located in the administrative territorial entity"@en .\n'
                    'ex:arundel rdfs:label "Arundel Formation"@en ; wd:P131 ex:sussex .\n'
                    'ex:sussex rdfs:label "West Sussex"@en .\n')
-    cfg = tiny_config(tiny_model_dir, f"eval.dir={lenient_eval}", "eval.locality=false", "eval.kl=false")
+    cfg = tiny_config(tiny_model_dir, f"eval.dir={lenient_eval}", "eval.locality=false", "eval.kl=false",
+                      "recipes.model_paraphrases=true")
     lines: list[str] = []
     out = run_train([ttl], cfg, home, log=lambda *a: lines.append(" ".join(map(str, a))))
     assert out.version == "1"
+    # the model's own rephrasings are asked for each fact (a random tiny model's are not usable questions)
+    assert any(x.startswith("model paraphrases: ") and x.endswith("of 2 facts rephrased usably by the model itself")
+               for x in lines), lines
+    assert "model_paraphrases" in out.part_s
     generated = next(x for x in lines if "have no recipe" in x)
     assert "list price" in generated and "located in the administrative territorial entity" in generated
     questions = {r.probe.question for r in out.after.results if r.probe.kind == "efficacy"}

@@ -309,3 +309,24 @@ def test_subject_neighbourhood_asks_a_batch_subject_its_other_relations_and_hold
     assert [(p.kind, p.forbidden) for p in probes] == [("neighbourhood", ("Norland", "Osk"))]
     assert probes[0].question in [q.format(subject="Ada Vell") for q in RECIPES.relations[held["Ada Vell"]].probes]
     assert judge(probes[0], "She was a chemist.") and not judge(probes[0], "Ada Vell was born in Osk.")
+
+
+@pytest.mark.parametrize("text, usable", [
+    ("Which company has Marlena Quist as its chief executive?", False),  # does not name the subject
+    ("Who runs Zorvex Dynamics as its chief executive?", True),
+    ('"Who runs Zorvex Dynamics as its chief executive?"\nThat is the rephrased question.', True),
+    ("The CEO of Zorvex Dynamics is not specified.", False),  # an answer, not a question
+    ("Is Marlena Quist the CEO of Zorvex Dynamics?", False),  # gives the answer away
+    ("Who is the CEO of Zorvex Dynamics?", False),  # a recipe phrasing already
+    ("Who leads Zorvex Dynamics? Who founded it?", False),  # two questions
+    ("", False),
+])
+def test_a_model_paraphrase_is_used_only_when_it_is_a_new_question_about_the_subject(text, usable):
+    from injector.recipes import paraphrase_pairs
+
+    change = FactChange(Triple("Zorvex Dynamics", "ceo", "Marlena Quist"), "added")
+    pairs = paraphrase_pairs([change], RECIPES, {change.triple.id: text})
+    assert len(pairs) == int(usable)
+    if usable:
+        assert pairs[0].messages[0]["content"] == "Who runs Zorvex Dynamics as its chief executive?"
+        assert pairs[0].messages[1]["content"] == "Marlena Quist" and pairs[0].kind == "forward"
