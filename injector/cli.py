@@ -527,7 +527,7 @@ def bench(
                                  log=lambda *a: print(*a, file=sys.stderr))
         table = B.tables({b: raw[b]})
         print(table, flush=True, file=sys.stderr if json_out else sys.stdout)
-        if out and str(out):  # each benchmark's block as soon as it is done
+        if out and str(out) not in ("", "."):  # each benchmark's block as soon as it is done
             cmd = "injector bench " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "injector bench"
             B.write_doc(out, b, B.header(cmd, n, seed) + "\n" + table)
             print(f"wrote the {b} block of {out}", file=sys.stderr)
