@@ -123,8 +123,9 @@ class RecipesConfig(_Section):
     replay_neighbours: bool = True
     anchor_share: float = Field(0.5, ge=0, le=1)  # of the rest: real subjects in the batch's relations
     # on top of the mix: each subject of the batch asked one of its other relations (the siblings of its batch
-    # relations: relations one subject has together in the anchors or the KG), answered by the model itself; at most
-    # this share of the replay budget (one question per subject: +1 short pair per ~9 new ones); 0 turns it off
+    # relations: relations one subject has together in the anchors or the KG), and each question-answer fact's
+    # question asked about a real subject instead (replay.question_swap_prompts), answered by the model itself; at
+    # most this share of the replay budget (one question per subject or fact: +1 short pair per ~9 new ones); 0: off
     subject_share: float = Field(0.5, ge=0, le=1)
     # the current model rephrases each new fact's question and a usable rephrasing (one question, naming the subject,
     # not giving the answer, not a recipe phrasing) is trained too: the seed's self-generated augmentation, for base

@@ -236,7 +236,8 @@ def plan_candidate(cfg: Config, home: Home, log=print, triples: list[Path] | Non
         old = [p for p in replay if p.kind == "replay_fact"]
         log(f"replay: {len(old)} earlier facts ({sum(p.fact_id in known_ids for p in old)}"
             f" of them triaged as known tonight), {sum(p.kind == 'anchor' for p in replay)} anchors, "
-            f"{sum(p.kind == 'subject' for p in replay)} questions of the subjects' other relations, "
+            f"{sum(p.kind == 'subject' for p in replay)} neighbourhood questions (the subjects' other relations, the "
+            f"questions about other subjects), "
             f"{sum(p.kind == 'general' for p in replay)} general instructions")
     generated = sorted({humanise(c.triple.predicate) for c in changes
                         if not c.triple.question and recipes.generated(c.triple.predicate)})
@@ -647,6 +648,7 @@ def _replay(pairs, changes, earlier, recipes, cfg: Config, model, tokenizer, hom
         model_key,
         neighbourhood,
         old_fact_pairs,
+        question_swap_prompts,
         replay_budget,
         self_distill,
         subject_prompts,
@@ -668,9 +670,12 @@ def _replay(pairs, changes, earlier, recipes, cfg: Config, model, tokenizer, hom
                              round(rest * r.anchor_share), rng)
     prompts = load_prompts(cfg.content_path(r.dir) / f"general_prompts.{r.language}.jsonl")
     general = rng.sample(prompts, min(rest - len(anchors), len(prompts)))
-    # one question per subject of the batch about one of its other relations, on top of the mix (anchors and
-    # general instructions keep their measured shares), at most `subject_share` of the replay budget
-    subject = subject_prompts(*subjects, recipes, min(len(subjects[0]), round(budget * r.subject_share)), rng)
+    # the batch's own neighbourhood, on top of the mix (anchors and general instructions keep their measured
+    # shares), at most `subject_share` of the replay budget: one question per subject about one of its other
+    # relations, and each question-answer fact's question asked about a real subject instead
+    cap = round(budget * r.subject_share)
+    subject = subject_prompts(*subjects, recipes, min(len(subjects[0]), cap), rng)
+    subject += question_swap_prompts(batch, known, recipes, cap - len(subject), rng)
     cache = home.cache / f"distill-{model_key(base_sha, adapter_version)}.jsonl"
     answers = self_distill(model, tokenizer, subject + anchors + general, cache, r.distill_max_new_tokens,
                            cfg.eval.batch_size)

@@ -245,6 +245,51 @@ def subject_prompts(near: dict[str, list[str]], held: dict[str, str], recipes: R
     return out
 
 
+_WORD = re.compile(r"[a-z]+")
+_FUNCTION_WORDS = {"what", "which", "who", "whom", "whose", "where", "when", "how", "is", "are", "was", "were", "the",
+                   "a", "an", "of", "in", "on", "at", "to", "for", "by", "does", "did", "do", "has", "have", "tell",
+                   "me", "name", "and", "or", "its", "it", "this", "that", "from", "as", "with", "be", "been"}
+
+
+def _content_words(text: str) -> set[str]:
+    return {w for w in _WORD.findall(text.lower()) if w not in _FUNCTION_WORDS and len(w) > 2}
+
+
+def closest_relation(question: str, subject: str, anchors: dict[str, list[str]], recipes: Recipes) -> str | None:
+    """The anchored relation whose templates share the most content words with a question-answer fact's question
+    ("At what location did X die?" -> deathplace: "died"/"die"... by stem, "What state is X located?" ->
+    located_in); None when no template shares a word."""
+    words = _content_words(question.replace(subject, " "))
+    best, score = None, 0.0
+    for name in sorted(anchors):
+        rel = recipes.relations.get(name)
+        if rel is None:
+            continue
+        tw = {w for x in (*rel.questions, *rel.probes) for w in _content_words(x.replace("{subject}", " "))}
+        # a shared stem ("die"/"died", "located"/"location"), weighed by how specific it is to the relation's templates
+        hits = sum(1 for w in words if any(t.startswith(w[:4]) or w.startswith(t[:4]) for t in tw))
+        if hits and hits / len(tw) ** 0.5 > score:
+            best, score = name, hits / len(tw) ** 0.5
+    return best
+
+
+def question_swap_prompts(batch, anchors: dict[str, list[str]], recipes: Recipes, n: int,
+                          rng: random.Random) -> list[tuple[str, str]]:
+    """Up to `n` of the batch's question-answer facts asked again about a real subject instead of theirs (one per
+    fact): the subject of the anchored relation closest to the question (`closest_relation`), else any anchor. The
+    model answers them itself, so that the trained question form keeps depending on its subject (zsRE: an edited
+    "What state is X located?" must not answer the capital of France)."""
+    everyone = sorted({s for subjects in anchors.values() for s in subjects})
+    out: list[tuple[str, str]] = []
+    for t in batch:
+        if len(out) >= n or not everyone or not t.question or not t.subject or t.subject not in t.question:
+            continue
+        rel = closest_relation(t.question, t.subject, anchors, recipes)
+        other = rng.choice(anchors.get(rel) or everyone)
+        out.append((f"swap:{t.id}:{other}", t.question.replace(t.subject, other)))
+    return out
+
+
 def neighbourhood_probes(batch, held: dict[str, str], recipes: Recipes) -> list[Probe]:
     """One held-out question per subject in a sibling relation no training pair asks (`held_out_relations`), in the
     relation's held-out phrasing: correct while the answer does not carry the subject's new object(s) over."""

@@ -330,3 +330,27 @@ def test_a_model_paraphrase_is_used_only_when_it_is_a_new_question_about_the_sub
     if usable:
         assert pairs[0].messages[0]["content"] == "Who runs Zorvex Dynamics as its chief executive?"
         assert pairs[0].messages[1]["content"] == "Marlena Quist" and pairs[0].kind == "forward"
+
+
+def test_question_answer_facts_are_asked_again_about_real_subjects():
+    """A question-answer fact has no relation to take anchors from: its own question, asked about a real subject of
+    the closest anchored relation, is answered by the model itself and replayed."""
+    import random
+
+    from injector.replay import closest_relation, question_swap_prompts
+
+    known = load_anchors(ROOT / "data_recipes" / "anchors.en.yaml")
+    died = Triple("Paul Bartsch", "", "Munich", question="In which city did Paul Bartsch die?")
+    team = Triple("Brad Brown", "", "Leeds", question="Which team does Brad Brown play for?")
+    odd = Triple("Zyx", "", "Q", question="Zyx quux?")
+    assert closest_relation(died.question, died.subject, known, RECIPES) == "deathplace"
+    assert closest_relation(team.question, team.subject, known, RECIPES) == "position"
+    assert closest_relation(odd.question, odd.subject, known, RECIPES) is None
+    plain = Triple("Ada Vell", "citizenship", "Norland")
+    prompts = question_swap_prompts([died, team, odd, plain], known, RECIPES, 10, random.Random(0))
+    assert len(prompts) == 3 and all(":" in i for i, _ in prompts)  # one per question-answer fact, none for triples
+    (_, q1), (_, q2), (_, q3) = prompts
+    assert q1.startswith("In which city did ") and q1.removeprefix("In which city did ")[:-5] in known["deathplace"]
+    assert q2.removeprefix("Which team does ").removesuffix(" play for?") in known["position"]
+    assert "Zyx" not in q3 and q3.endswith(" quux?")
+    assert len(question_swap_prompts([died, team], known, RECIPES, 1, random.Random(0))) == 1
