@@ -636,7 +636,8 @@ def _replay(pairs, changes, earlier, recipes, cfg: Config, model, tokenizer, hom
             adapter_version: str | None, subjects: tuple[dict, dict] = ({}, {})) -> list:
     """Replay for a new:replay mix: earlier facts (up to their share), anchors in the batch's relations (every
     relation for question-answer facts; up to their share), self-distilled general instructions for the rest; and on
-    top, each subject of the batch asked one of its other relations. Prompts are answered by the current model."""
+    top, each subject of the batch asked one of its other relations, each question-answer fact's question asked about
+    a real subject. Prompts are answered by the current model."""
     import random
 
     from injector.replay import (

@@ -256,9 +256,10 @@ def _content_words(text: str) -> set[str]:
 
 
 def closest_relation(question: str, subject: str, anchors: dict[str, list[str]], recipes: Recipes) -> str | None:
-    """The anchored relation whose templates share the most content words with a question-answer fact's question
-    ("At what location did X die?" -> deathplace: "died"/"die"... by stem, "What state is X located?" ->
-    located_in); None when no template shares a word."""
+    """The anchored relation whose templates share the most word stems with a question-answer fact's question, per
+    square root of the templates' vocabulary ("Which team does X play for?" -> position; "In which city did X die?"
+    -> deathplace); None when none shares one. A rough guess of the subject's kind: on 40 zsRE questions it named
+    a relation for 31, not always the right one (a wrong kind only makes an odd question for the model to answer)."""
     words = _content_words(question.replace(subject, " "))
     best, score = None, 0.0
     for name in sorted(anchors):
