@@ -125,8 +125,10 @@ class RecipesConfig(_Section):
     # on top of the mix: each subject of the batch asked one of its other relations (the siblings of its batch
     # relations: relations one subject has together in the anchors or the KG), and each question-answer fact's
     # question asked about a real subject instead (replay.question_swap_prompts), answered by the model itself; at
-    # most this share of the replay budget (one question per subject or fact: +1 short pair per ~9 new ones); 0: off
-    subject_share: float = Field(0.5, ge=0, le=1)
+    # most this share of the replay budget (one question per subject or fact: +1 short pair per ~9 new ones). Off by
+    # default until measured to help: on 40 zsRE facts it took locality 0.875 -> 0.893 of base (one probe of 57)
+    # for +13% optimizer steps (docs/BENCHMARKS.md); 0.5 turns it on
+    subject_share: float = Field(0.0, ge=0, le=1)
     # the current model rephrases each new fact's question and a usable rephrasing (one question, naming the subject,
     # not giving the answer, not a recipe phrasing) is trained too: the seed's self-generated augmentation, for base
     # models that can rephrase. Off by default: SmolLM2-135M answers instead of rephrasing (0 of 6 usable, measured;

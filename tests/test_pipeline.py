@@ -19,7 +19,7 @@ def lenient_eval(tmp_path):
 
 
 def test_train_registers_champion_and_is_idempotent(home, tiny_model_dir, tiny_facts_file, lenient_eval):
-    cfg = tiny_config(tiny_model_dir, f"eval.dir={lenient_eval}")
+    cfg = tiny_config(tiny_model_dir, f"eval.dir={lenient_eval}", "recipes.subject_share=0.5")
     lines: list[str] = []
     out = run_train([tiny_facts_file], cfg, home, log=lambda *a: lines.append(" ".join(map(str, a))))
     assert out.version == "1" and out.decision.passed and out.promoted, out.decision.table()
