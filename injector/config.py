@@ -131,7 +131,7 @@ class RecipesConfig(_Section):
     subject_share: float = Field(0.0, ge=0, le=1)
     # the current model rephrases each new fact's question and a usable rephrasing (one question, naming the subject,
     # not giving the answer, not a recipe phrasing) is trained too: the seed's self-generated augmentation, for base
-    # models that can rephrase. Off by default: SmolLM2-135M answers instead of rephrasing (0 of 6 usable, measured;
+    # models that can rephrase. Off by default: SmolLM2-135M answers instead of rephrasing (0 of 12 replies usable;
     # docs/BENCHMARKS.md), so on the embedded model it costs a generation pass for nothing
     model_paraphrases: bool = False
     distill_max_new_tokens: int = Field(48, ge=8)
