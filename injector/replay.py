@@ -168,9 +168,15 @@ def anchor_prompts(relations: list[str], anchors: dict[str, list[str]], recipes:
     by_rel: dict[str, list] = {}
     for item in pool:
         by_rel.setdefault(item[0].split(":")[1], []).append(item)
-    out: list[tuple[str, str]] = []
-    while len(out) < n and any(by_rel.values()):
-        for items in by_rel.values():
+    return _round_robin(by_rel, n)
+
+
+def _round_robin(groups: dict[str, list], n: int) -> list:
+    """Up to `n` items taken one per group in turn (from each group's end), so every group gets its share when n
+    is small."""
+    out: list = []
+    while len(out) < n and any(groups.values()):
+        for items in groups.values():
             if items and len(out) < n:
                 out.append(items.pop())
     return out
@@ -237,12 +243,7 @@ def subject_prompts(near: dict[str, list[str]], held: dict[str, str], recipes: R
             items.append((f"subject:{name}:{subject}:{qi}", _fill(rel.questions[qi], Triple(subject, name, ""))))
         rng.shuffle(items)
         by_subject[subject] = items
-    out: list[tuple[str, str]] = []
-    while len(out) < n and any(by_subject.values()):
-        for items in by_subject.values():
-            if items and len(out) < n:
-                out.append(items.pop())
-    return out
+    return _round_robin(by_subject, n)
 
 
 _WORD = re.compile(r"[a-z]+")
