@@ -122,6 +122,12 @@ class RecipesConfig(_Section):
     # batch's neighbours out, and what is not replayed is what gets forgotten (docs/BENCHMARKS.md)
     replay_neighbours: bool = True
     anchor_share: float = Field(0.5, ge=0, le=1)  # of the rest: real subjects in the batch's relations
+    # a night short of `train.min_steps` gets its extra passes with fresh replay: the replay budget is drawn
+    # `train.replay_rotations` times over and the new pairs repeat as often, so the steps and the passes over each
+    # new pair are unchanged but no replay prompt is trained more than ~`train.epochs` times (a 10-fact night: 25
+    # replay pairs seen 14 times each -> 75 seen 5 times). Small nights forgot more than large ones with the same
+    # steps (docs/BENCHMARKS.md, the continual run)
+    fresh_replay: bool = True
     # on top of the mix: each subject of the batch asked one of its other relations (the siblings of its batch
     # relations: relations one subject has together in the anchors or the KG), and each question-answer fact's
     # question asked about a real subject instead (replay.question_swap_prompts), answered by the model itself; at

@@ -162,6 +162,7 @@ class Plan:
     before: EvalReport
     run_dir: Path
     triples: tuple[str, ...] = ()
+    new_repeats: int = 1  # the new pairs per pass, beside a replay pool that many times the mix's (fresh_replay)
 
 
 def plan_candidate(cfg: Config, home: Home, log=print, triples: list[Path] | None = None,
@@ -227,10 +228,15 @@ def plan_candidate(cfg: Config, home: Home, log=print, triples: list[Path] | Non
     if cfg.recipes.model_paraphrases:
         with timed("model_paraphrases"):
             pairs = pairs + _model_paraphrases(changes, recipes, reference, tokenizer, cfg, log)
+    rotations = _rotations(pairs, cfg)
     with timed("replay_self_distill"):
         replay = _replay(pairs, changes, earlier, recipes, cfg, reference, tokenizer, home, base.sha256,
-                         current if init_adapter else None, (near, held))
+                         current if init_adapter else None, (near, held), rotations)
     pairs += replay
+    rotations = rotations if replay else 1
+    if rotations > 1:
+        log(f"the step floor's extra passes get fresh replay: {rotations}x the mix's replay, each new pair "
+            f"{rotations}x per pass")
     if replay:
         known_ids = {t.id for t in triaged}
         old = [p for p in replay if p.kind == "replay_fact"]
@@ -252,7 +258,20 @@ def plan_candidate(cfg: Config, home: Home, log=print, triples: list[Path] | Non
     with timed("reference_ppl"):
         before = replace(before, extra=_measure(reference, tokenizer, cfg, home, statements, ref_key))
     return Plan(tuple(changes), tuple(pairs), tuple(probes), tuple(statements), base, current, init_adapter, before,
-                _run_dir(home, resume), tuple(map(str, triples or ())))
+                _run_dir(home, resume), tuple(map(str, triples or ())), rotations)
+
+
+def _rotations(pairs, cfg: Config) -> int:
+    """`train.replay_rotations` for this night's new pairs at the mix (1 without `recipes.fresh_replay`)."""
+    from injector import distributed
+    from injector.replay import replay_budget
+    from injector.train import replay_rotations
+
+    r = cfg.recipes
+    n_new = sum(p.kind != "dev" for p in pairs)
+    if not r.fresh_replay or not r.replay:
+        return 1
+    return replay_rotations(cfg.train, n_new + replay_budget(n_new, r.new, r.replay), distributed.from_env().world)
 
 
 TRIAGE_KINDS = ("efficacy", "generalisation", "changed")
@@ -334,7 +353,7 @@ def train_candidate(plan: Plan, cfg: Config, home: Home, run_id: str, resume: bo
         if cfg.train.ewc_lambda > 0 else None  # first run: anchored at the zero-init adapter (the base)
     order = {"pairs": list(plan.pairs), "base_path": plan.base.path, "out_dir": plan.run_dir, "cfg": cfg.train,
              "init_adapter": plan.init_adapter, "quantization": cfg.model.quantization, "ewc_spec": ewc_spec,
-             "base_sha": plan.base.sha256, "resume": resume}
+             "base_sha": plan.base.sha256, "resume": resume, "new_repeats": plan.new_repeats}
     if distributed.from_env().multi:
         distributed.broadcast(order)
     return train_lora(**order, sink=lambda m, step: registry.log_metrics(run_id, m, step))
@@ -633,11 +652,11 @@ def _subject_neighbourhood(changes, earlier, recipes, cfg: Config) -> tuple[dict
 
 
 def _replay(pairs, changes, earlier, recipes, cfg: Config, model, tokenizer, home: Home, base_sha: str,
-            adapter_version: str | None, subjects: tuple[dict, dict] = ({}, {})) -> list:
+            adapter_version: str | None, subjects: tuple[dict, dict] = ({}, {}), rotations: int = 1) -> list:
     """Replay for a new:replay mix: earlier facts (up to their share), anchors in the batch's relations (every
     relation for question-answer facts; up to their share), self-distilled general instructions for the rest; and on
     top, each subject of the batch asked one of its other relations, each question-answer fact's question asked about
-    a real subject. Prompts are answered by the current model."""
+    a real subject. Prompts are answered by the current model. The budget is the mix's times `rotations`."""
     import random
 
     from injector.replay import (
@@ -656,7 +675,7 @@ def _replay(pairs, changes, earlier, recipes, cfg: Config, model, tokenizer, hom
     )
 
     r = cfg.recipes
-    budget = replay_budget(sum(p.kind != "dev" for p in pairs), r.new, r.replay)
+    budget = replay_budget(sum(p.kind != "dev" for p in pairs), r.new, r.replay) * rotations
     if budget == 0:
         return []
     rng = random.Random(cfg.train.seed)

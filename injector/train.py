@@ -361,6 +361,16 @@ def planned_epochs(cfg: TrainConfig, n_train: int, world_size: int = 1) -> int:
     return max(cfg.epochs, math.ceil(cfg.min_steps / cfg.max_lr_scale / per_epoch))
 
 
+def replay_rotations(cfg: TrainConfig, n_pairs: int, world_size: int = 1) -> int:
+    """How many replay sets a night of `n_pairs` training pairs (new + replay at the mix) draws: a night short of the
+    step floor would pass over the same pairs `planned_epochs` times; instead its replay pool is that many / `epochs`
+    times larger (fresh prompts) and its new pairs repeat as often (`train_lora(new_repeats=...)`), so the optimizer
+    steps and the passes over each new pair stay as they were while no replay prompt is trained more than ~`epochs`
+    times. 1 where the night reaches the floor in `epochs` passes (the rule changes nothing there)."""
+    conversations = math.ceil(n_pairs / cfg.pack)
+    return max(1, round(planned_epochs(cfg, conversations, world_size) / cfg.epochs))
+
+
 def planned_learning_rate(cfg: TrainConfig, n_train: int, world_size: int = 1) -> float:
     """`cfg.learning_rate`, raised (at most `max_lr_scale` times) on a night of fewer than `cfg.min_steps` optimizer
     steps so that rate x steps, the distance Adam moves the adapter, matches what `min_steps` steps give."""
@@ -464,8 +474,10 @@ def train_lora(
     ewc_spec: EwcSpec | None = None,
     base_sha: str = "",
     resume: bool = False,
+    new_repeats: int = 1,
 ) -> TrainResult:
-    """Fine-tune a LoRA adapter on `pairs` (kind "dev" pairs are the early-stopping split)."""
+    """Fine-tune a LoRA adapter on `pairs` (kind "dev" pairs are the early-stopping split); the new facts' training
+    pairs `new_repeats` times per pass (`replay_rotations`: beside a replay pool that many times the mix's)."""
     import datasets
     import torch
     from datasets import Dataset
@@ -475,6 +487,7 @@ def train_lora(
 
     from injector.models import BaseModelRef, load_base, load_tokenizer
 
+    pairs = list(pairs) + [p for p in pairs if p.origin == "new" and p.kind != "dev"] * (new_repeats - 1)
     train_pairs = [p for p in pairs if p.kind != "dev"]
     dev_pairs = [p for p in pairs if p.kind == "dev"] if cfg.dev_fraction > 0 else []
     if not train_pairs:

@@ -1,6 +1,7 @@
 """`injector train` end to end on the tiny model: ingest -> train -> eval -> gate -> registry -> ledger."""
 
 import json
+import shutil
 
 import pytest
 from conftest import TINY_FACTS, eval_dir, tiny_config
@@ -185,3 +186,28 @@ def test_known_facts_are_triaged_out_of_training(home, tiny_model_dir, tmp_path,
     assert len(kept) == known and all(learned[o] == "1" for o in kept)  # known: v1's, asked as retention
     # and replayed: the known facts are the night's closest neighbourhood
     assert any(x.startswith("replay: ") and f"({known} of them triaged as known tonight)" in x for x in lines), lines
+
+
+def test_a_night_short_of_the_step_floor_trains_fresh_replay_not_the_same_replay_again(home, tiny_model_dir,
+                                                                                       tiny_facts_file, lenient_eval):
+    """The floor's extra passes: k x the mix's replay (each prompt about `epochs` times), each new pair k x a pass;
+    the optimizer steps stay at the floor."""
+    def night(home, fresh: bool):
+        cfg = tiny_config(tiny_model_dir, f"eval.dir={lenient_eval}", "train.min_steps=40", "train.epochs=2",
+                          "eval.locality=false", "eval.kl=false", f"recipes.fresh_replay={str(fresh).lower()}")
+        lines: list[str] = []
+        out = run_train([tiny_facts_file], cfg, home, log=lambda *a: lines.append(" ".join(map(str, a))))
+        replay = next(x for x in lines if x.startswith("replay: "))
+        n = next(x for x in lines if " facts to inject: " in x)
+        return out, int(n.split(" new + ")[1].split()[0]), replay, lines
+
+    from injector.home import Home
+
+    other = Home.from_env(shutil.copytree(home.root, home.root.parent / "other"))  # before any night: pristine
+    plain, plain_replay, _, lines = night(other, False)
+    assert not any("fresh replay" in x for x in lines)
+    fresh, fresh_replay, _, lines = night(home, True)
+    k = int(next(x for x in lines if "fresh replay" in x).split(": ")[1].split("x")[0])
+    assert k >= 3 and fresh_replay >= (k - 1) * plain_replay, (k, plain_replay, fresh_replay)
+    assert plain.train.epochs > 2 * fresh.train.epochs  # the floor's passes: over the same pairs vs fresh ones
+    assert abs(fresh.train.steps - plain.train.steps) <= 0.25 * plain.train.steps, (plain.train, fresh.train)
