@@ -128,6 +128,10 @@ class RecipesConfig(_Section):
     # replay pairs seen 14 times each -> 75 seen 5 times). Small nights forgot more than large ones with the same
     # steps (docs/BENCHMARKS.md, the continual run)
     fresh_replay: bool = True
+    # with fresh_replay: the most passes over one replay prompt (null: train.epochs). Below `epochs`, every night's
+    # replay is drawn k = passes / replay_passes times over, its new pairs repeat k times a pass, for 1/k the passes:
+    # the same steps and new-pair exposures with k x the distinct replay prompts (and k x the self-distillation)
+    replay_passes: int | None = Field(None, ge=1)
     # on top of the mix: each subject of the batch asked one of its other relations (the siblings of its batch
     # relations: relations one subject has together in the anchors or the KG), and each question-answer fact's
     # question asked about a real subject instead (replay.question_swap_prompts), answered by the model itself; at

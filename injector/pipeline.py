@@ -163,6 +163,7 @@ class Plan:
     run_dir: Path
     triples: tuple[str, ...] = ()
     new_repeats: int = 1  # the new pairs per pass, beside a replay pool that many times the mix's (fresh_replay)
+    passes: int | None = None  # over the night's rows (new pairs repeated); None: train.epochs
 
 
 def plan_candidate(cfg: Config, home: Home, log=print, triples: list[Path] | None = None,
@@ -228,15 +229,18 @@ def plan_candidate(cfg: Config, home: Home, log=print, triples: list[Path] | Non
     if cfg.recipes.model_paraphrases:
         with timed("model_paraphrases"):
             pairs = pairs + _model_paraphrases(changes, recipes, reference, tokenizer, cfg, log)
-    rotations = _rotations(pairs, cfg)
+    rotations, total = _rotations(pairs, cfg)
     with timed("replay_self_distill"):
         replay = _replay(pairs, changes, earlier, recipes, cfg, reference, tokenizer, home, base.sha256,
                          current if init_adapter else None, (near, held), rotations)
+    # the pools may hold fewer prompts than k budgets: the new pairs repeat as often as the replay was drawn
+    once = _replay_budget(pairs, cfg)
+    rotations = min(rotations, max(1, round(len(replay) / once))) if replay and once else 1
+    passes = max(1, round(total / rotations)) if rotations > 1 else None
     pairs += replay
-    rotations = rotations if replay else 1
     if rotations > 1:
-        log(f"the step floor's extra passes get fresh replay: {rotations}x the mix's replay, each new pair "
-            f"{rotations}x per pass")
+        log(f"fresh replay for the passes: {rotations}x the mix's replay, each new pair {rotations}x per pass, "
+            f"{passes} passes (each replay prompt ~{passes}x)")
     if replay:
         known_ids = {t.id for t in triaged}
         old = [p for p in replay if p.kind == "replay_fact"]
@@ -258,20 +262,28 @@ def plan_candidate(cfg: Config, home: Home, log=print, triples: list[Path] | Non
     with timed("reference_ppl"):
         before = replace(before, extra=_measure(reference, tokenizer, cfg, home, statements, ref_key))
     return Plan(tuple(changes), tuple(pairs), tuple(probes), tuple(statements), base, current, init_adapter, before,
-                _run_dir(home, resume), tuple(map(str, triples or ())), rotations)
+                _run_dir(home, resume), tuple(map(str, triples or ())), rotations, passes)
 
 
-def _rotations(pairs, cfg: Config) -> int:
-    """`train.replay_rotations` for this night's new pairs at the mix (1 without `recipes.fresh_replay`)."""
-    from injector import distributed
+def _replay_budget(pairs, cfg: Config) -> int:
+    """The mix's replay pairs for these new pairs (`recipes.new`:`recipes.replay`)."""
     from injector.replay import replay_budget
+
+    return replay_budget(sum(p.kind != "dev" for p in pairs), cfg.recipes.new, cfg.recipes.replay)
+
+
+def _rotations(pairs, cfg: Config) -> tuple[int, int]:
+    """`train.replay_rotations` for this night's new pairs at the mix: (k, passes the night would make without it);
+    k = 1 without `recipes.fresh_replay`."""
+    from injector import distributed
     from injector.train import replay_rotations
 
     r = cfg.recipes
-    n_new = sum(p.kind != "dev" for p in pairs)
     if not r.fresh_replay or not r.replay:
-        return 1
-    return replay_rotations(cfg.train, n_new + replay_budget(n_new, r.new, r.replay), distributed.from_env().world)
+        return 1, cfg.train.epochs
+    n = sum(p.kind != "dev" for p in pairs) + _replay_budget(pairs, cfg)
+    k, passes = replay_rotations(cfg.train, n, distributed.from_env().world, r.replay_passes)
+    return k, k * passes
 
 
 TRIAGE_KINDS = ("efficacy", "generalisation", "changed")
@@ -353,7 +365,7 @@ def train_candidate(plan: Plan, cfg: Config, home: Home, run_id: str, resume: bo
         if cfg.train.ewc_lambda > 0 else None  # first run: anchored at the zero-init adapter (the base)
     order = {"pairs": list(plan.pairs), "base_path": plan.base.path, "out_dir": plan.run_dir, "cfg": cfg.train,
              "init_adapter": plan.init_adapter, "quantization": cfg.model.quantization, "ewc_spec": ewc_spec,
-             "base_sha": plan.base.sha256, "resume": resume, "new_repeats": plan.new_repeats}
+             "base_sha": plan.base.sha256, "resume": resume, "new_repeats": plan.new_repeats, "epochs": plan.passes}
     if distributed.from_env().multi:
         distributed.broadcast(order)
     return train_lora(**order, sink=lambda m, step: registry.log_metrics(run_id, m, step))
@@ -669,13 +681,12 @@ def _replay(pairs, changes, earlier, recipes, cfg: Config, model, tokenizer, hom
         neighbourhood,
         old_fact_pairs,
         question_swap_prompts,
-        replay_budget,
         self_distill,
         subject_prompts,
     )
 
     r = cfg.recipes
-    budget = replay_budget(sum(p.kind != "dev" for p in pairs), r.new, r.replay) * rotations
+    budget = _replay_budget(pairs, cfg) * rotations
     if budget == 0:
         return []
     rng = random.Random(cfg.train.seed)

@@ -361,14 +361,16 @@ def planned_epochs(cfg: TrainConfig, n_train: int, world_size: int = 1) -> int:
     return max(cfg.epochs, math.ceil(cfg.min_steps / cfg.max_lr_scale / per_epoch))
 
 
-def replay_rotations(cfg: TrainConfig, n_pairs: int, world_size: int = 1) -> int:
-    """How many replay sets a night of `n_pairs` training pairs (new + replay at the mix) draws: a night short of the
-    step floor would pass over the same pairs `planned_epochs` times; instead its replay pool is that many / `epochs`
-    times larger (fresh prompts) and its new pairs repeat as often (`train_lora(new_repeats=...)`), so the optimizer
-    steps and the passes over each new pair stay as they were while no replay prompt is trained more than ~`epochs`
-    times. 1 where the night reaches the floor in `epochs` passes (the rule changes nothing there)."""
-    conversations = math.ceil(n_pairs / cfg.pack)
-    return max(1, round(planned_epochs(cfg, conversations, world_size) / cfg.epochs))
+def replay_rotations(cfg: TrainConfig, n_pairs: int, world_size: int = 1, most: int | None = None) -> tuple[int, int]:
+    """(k, passes): how many replay sets a night of `n_pairs` training pairs (new + replay at the mix) draws, and
+    its passes over them. A night short of the step floor would pass over the same pairs `planned_epochs` (P) times;
+    instead its replay pool is k = P / `most` times larger (fresh prompts; `most`: the passes over one replay
+    prompt, default `epochs`) and its new pairs repeat k times a pass, for P / k passes: the optimizer steps and the
+    passes over each new pair stay as they were while no replay prompt is trained more than ~`most` times. (1, P)
+    where the night reaches the floor in `epochs` passes at the default (the rule changes nothing there)."""
+    total = planned_epochs(cfg, math.ceil(n_pairs / cfg.pack), world_size)
+    k = max(1, round(total / (most or cfg.epochs)))
+    return k, max(1, round(total / k))
 
 
 def planned_learning_rate(cfg: TrainConfig, n_train: int, world_size: int = 1) -> float:
@@ -475,9 +477,11 @@ def train_lora(
     base_sha: str = "",
     resume: bool = False,
     new_repeats: int = 1,
+    epochs: int | None = None,
 ) -> TrainResult:
     """Fine-tune a LoRA adapter on `pairs` (kind "dev" pairs are the early-stopping split); the new facts' training
-    pairs `new_repeats` times per pass (`replay_rotations`: beside a replay pool that many times the mix's)."""
+    pairs `new_repeats` times per pass (`replay_rotations`: beside a replay pool that many times the mix's), for
+    `epochs` passes (default `cfg.epochs`; either way at least the step floor)."""
     import datasets
     import torch
     from datasets import Dataset
@@ -488,6 +492,7 @@ def train_lora(
     from injector.models import BaseModelRef, load_base, load_tokenizer
 
     pairs = list(pairs) + [p for p in pairs if p.origin == "new" and p.kind != "dev"] * (new_repeats - 1)
+    cfg = cfg.model_copy(update={"epochs": epochs}) if epochs else cfg
     train_pairs = [p for p in pairs if p.kind != "dev"]
     dev_pairs = [p for p in pairs if p.kind == "dev"] if cfg.dev_fraction > 0 else []
     if not train_pairs:

@@ -207,7 +207,7 @@ def test_a_night_short_of_the_step_floor_trains_fresh_replay_not_the_same_replay
     plain, plain_replay, _, lines = night(other, False)
     assert not any("fresh replay" in x for x in lines)
     fresh, fresh_replay, _, lines = night(home, True)
-    k = int(next(x for x in lines if "fresh replay" in x).split(": ")[1].split("x")[0])
+    k = int(next(x for x in lines if "fresh replay for the passes" in x).split(": ")[1].split("x")[0])
     assert k >= 3 and fresh_replay >= (k - 1) * plain_replay, (k, plain_replay, fresh_replay)
     assert plain.train.epochs > 2 * fresh.train.epochs  # the floor's passes: over the same pairs vs fresh ones
     assert abs(fresh.train.steps - plain.train.steps) <= 0.25 * plain.train.steps, (plain.train, fresh.train)

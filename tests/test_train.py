@@ -226,18 +226,21 @@ def test_a_small_night_gets_fresh_replay_for_the_floors_passes_at_the_same_steps
     from injector.train import _steps_per_epoch, planned_epochs, replay_rotations
 
     cfg = TrainConfig(epochs=5, batch_size=8, grad_accum=2, min_steps=90, pack=1, max_lr_scale=1)
-    assert replay_rotations(cfg, 277) == 1  # reaches the floor in 5 passes: nothing changes
-    assert replay_rotations(cfg, 400) == 1
+    assert replay_rotations(cfg, 277) == (1, 5)  # reaches the floor in 5 passes: nothing changes
+    assert replay_rotations(cfg, 400) == (1, 5)
     new, replay = 76, 25  # a 10-fact night: 13 passes over the same 25 replay pairs
     assert planned_epochs(cfg, new + replay) == 13
-    k = replay_rotations(cfg, new + replay)
-    assert k == 3
+    k, passes = replay_rotations(cfg, new + replay)
+    assert (k, passes) == (3, 4)
     rows = k * (new + replay)  # every new pair k times a pass, k x the replay pool (each prompt once a pass)
-    epochs = planned_epochs(cfg, rows)
+    epochs = planned_epochs(cfg.model_copy(update={"epochs": passes}), rows)
     steps = _steps_per_epoch(cfg, rows, 1) * epochs
-    assert epochs == 5 and 90 <= steps <= 100  # the same floor, ~the same steps
+    assert epochs == 5 and 90 <= steps <= 100  # the floor still holds; ~the same steps
     assert epochs * k == 15  # passes over each new pair: ~13 as before; each replay prompt 5 times, not 13
-    assert replay_rotations(cfg, 140, world_size=2) == 4  # counted in optimizer steps of the whole job
+    assert replay_rotations(cfg, 140, world_size=2)[0] == 4  # counted in optimizer steps of the whole job
+    # at most one pass over a replay prompt: a large night too draws its replay 5 times over, for one pass
+    assert replay_rotations(cfg, 400, most=1) == (5, 1)
+    assert replay_rotations(cfg, new + replay, most=1) == (13, 1)
 
 
 def test_a_small_batch_reaches_the_floor_with_a_higher_rate_first_then_more_passes():
