@@ -492,9 +492,6 @@ def train_lora(
     from injector.models import BaseModelRef, load_base, load_tokenizer
 
     pairs = list(pairs) + [p for p in pairs if p.origin == "new" and p.kind != "dev"] * (new_repeats - 1)
-    # an earlier fact is a fact to keep, not a fresh prompt: at fewer passes than `cfg.epochs` it repeats so that it
-    # is still trained ~`cfg.epochs` times (recipes.replay_passes=1: one pass, each earlier fact 5 times)
-    pairs += [p for p in pairs if p.kind == "replay_fact"] * (max(1, round(cfg.epochs / epochs)) - 1 if epochs else 0)
     cfg = cfg.model_copy(update={"epochs": epochs}) if epochs else cfg
     train_pairs = [p for p in pairs if p.kind != "dev"]
     dev_pairs = [p for p in pairs if p.kind == "dev"] if cfg.dev_fraction > 0 else []
