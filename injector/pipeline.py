@@ -229,14 +229,15 @@ def plan_candidate(cfg: Config, home: Home, log=print, triples: list[Path] | Non
     if cfg.recipes.model_paraphrases:
         with timed("model_paraphrases"):
             pairs = pairs + _model_paraphrases(changes, recipes, reference, tokenizer, cfg, log)
-    rotations, total = _rotations(pairs, cfg)
+    k, passes = _rotations(pairs, cfg)
     with timed("replay_self_distill"):
         replay = _replay(pairs, changes, earlier, recipes, cfg, reference, tokenizer, home, base.sha256,
-                         current if init_adapter else None, (near, held), rotations)
-    # the pools may hold fewer prompts than k budgets: the new pairs repeat as often as the replay was drawn
+                         current if init_adapter else None, (near, held), k)
+    # the pools may hold fewer prompts than k budgets: the new pairs repeat as often as the replay was drawn, over
+    # the same k x passes exposures
     once = _replay_budget(pairs, cfg)
-    rotations = min(rotations, max(1, round(len(replay) / once))) if replay and once else 1
-    passes = max(1, round(total / rotations)) if rotations > 1 else None
+    rotations = min(k, max(1, round(len(replay) / once))) if replay and once else 1
+    passes = max(1, round(k * passes / rotations)) if rotations > 1 else None
     pairs += replay
     if rotations > 1:
         log(f"fresh replay for the passes: {rotations}x the mix's replay, each new pair {rotations}x per pass, "
@@ -273,8 +274,8 @@ def _replay_budget(pairs, cfg: Config) -> int:
 
 
 def _rotations(pairs, cfg: Config) -> tuple[int, int]:
-    """`train.replay_rotations` for this night's new pairs at the mix: (k, passes the night would make without it);
-    k = 1 without `recipes.fresh_replay`."""
+    """`train.replay_rotations` (k, passes) for this night's new pairs at the mix; k = 1 without
+    `recipes.fresh_replay`."""
     from injector import distributed
     from injector.train import replay_rotations
 
@@ -282,8 +283,7 @@ def _rotations(pairs, cfg: Config) -> tuple[int, int]:
     if not r.fresh_replay or not r.replay:
         return 1, cfg.train.epochs
     n = sum(p.kind != "dev" for p in pairs) + _replay_budget(pairs, cfg)
-    k, passes = replay_rotations(cfg.train, n, distributed.from_env().world, r.replay_passes)
-    return k, k * passes
+    return replay_rotations(cfg.train, n, distributed.from_env().world, r.replay_passes)
 
 
 TRIAGE_KINDS = ("efficacy", "generalisation", "changed")
