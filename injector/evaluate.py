@@ -125,12 +125,16 @@ _SLACK = 10  # tokens beyond the expected answer: room for "The capital of X is 
 
 def budgets(tokenizer, probes: Sequence[Probe], max_new_tokens: int) -> list[int]:
     """Per-probe decode budget: a fact probe expects a short entity (a few tokens), so it stops at the answer's
-    length plus slack instead of the full budget; other probes (general knowledge) keep the full budget."""
+    length plus slack instead of the full budget; other probes (general knowledge) keep the full budget.
+
+    The slack is at least the question's length: an answer in a sentence restates the question's subject before
+    the entity ("The Interpretation of Dreams was written by ..."), and a long subject must not cut it off."""
     out = []
     for p in probes:
         if p.kind in SHORT_ANSWER_KINDS and p.answers:
             n = max(len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in p.answers)
-            out.append(min(max_new_tokens, n + _SLACK))
+            slack = max(_SLACK, len(tokenizer(p.question, add_special_tokens=False)["input_ids"]))
+            out.append(min(max_new_tokens, n + slack))
         else:
             out.append(max_new_tokens)
     return out
