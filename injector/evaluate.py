@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+import math
 import statistics
 import time
 from collections.abc import Sequence
@@ -80,42 +81,65 @@ def latency_sample(probes: Sequence[Probe], n: int) -> list[Probe]:
     return (general + [p for p in probes if p.kind != "locality"])[:n]
 
 
+def _timed(model, tokenizer, probe: Probe, max_new_tokens: int, exact: bool = False) -> tuple[float, int, str]:
+    """(ms, tokens decoded, answer) for one probe alone (batch 1); `exact`: decode exactly `max_new_tokens`."""
+    import torch
+
+    text = tokenizer.apply_chat_template(_chat(probe), add_generation_prompt=True, tokenize=False)
+    t0 = time.perf_counter()
+    enc = tokenizer([text], return_tensors="pt", add_special_tokens=False).to(next(model.parameters()).device)
+    with torch.inference_mode():
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens if exact else None,
+                             do_sample=False, use_cache=True, pad_token_id=tokenizer.pad_token_id)
+    new = out[0, enc["input_ids"].shape[1]:]
+    answer = tokenizer.decode(new, skip_special_tokens=True).strip()
+    return (time.perf_counter() - t0) * 1000, int(new.shape[0]), answer
+
+
 def paired_latency(models: Sequence, tokenizer, probes: Sequence[Probe], max_new_tokens: int, n: int,
-                   repeats: int = 2) -> list[tuple[float, float, float]]:
-    """(p50, p95 ms, mean answer tokens) per model, answering the same probes one at a time (batch 1), the models
-    interleaved probe by probe and run by run, so that the machine's load falls on all alike. A probe's time is the
-    fastest of `repeats` runs (noise only adds time: a scheduler hiccup is not the model's); one warm-up per
-    model."""
+                   repeats: int = 2) -> list[tuple[float, float, float, float]]:
+    """(p50, p95 ms, mean answer tokens, p95 ms at equal length) per model, answering the same probes one at a time
+    (batch 1), the models interleaved probe by probe and run by run, so that the machine's load falls on all alike.
+
+    Each model first answers each probe freely (p50/p95: what a user waits; the answer's length). Then every model
+    decodes the same number of tokens for the probe (the longest free answer's): that time measures the model's
+    speed on equal work, the thing a merged adapter could change, apart from what it says. A p95 of free answers
+    over a dozen probes is the second-longest answer's time, and moved 0.6x-1.8x between two nights of the same
+    speed (docs/BENCHMARKS.md); length is gated apart (mean answer tokens). An equal-length time is the fastest of
+    `repeats` runs, the free run among them where it decoded as many tokens (noise only adds time). One warm-up
+    per model."""
     sample = latency_sample(probes, n)
     if not sample:  # n = 0: not timed
-        return [(float("nan"), float("nan"), float("nan"))] * len(models)
+        return [(float("nan"),) * 4] * len(models)
     for m in models:
-        generate(m, tokenizer, [_chat(sample[0])], max_new_tokens, 1)
-    times: list[list[float]] = [[] for _ in models]
+        _timed(m, tokenizer, sample[0], max_new_tokens)
+    free: list[list[float]] = [[] for _ in models]
+    equal: list[list[float]] = [[] for _ in models]
     tokens: list[list[int]] = [[] for _ in models]
     for p in sample:
-        runs: list[list[float]] = [[] for _ in models]
-        answers = [""] * len(models)
-        for _ in range(repeats):
+        runs = [_timed(m, tokenizer, p, max_new_tokens) for m in models]
+        length = max(1, *(r[1] for r in runs))
+        best = [r[0] if r[1] == length else math.inf for r in runs]
+        for _ in range(max(1, repeats - 1)):
             for k, m in enumerate(models):
-                t0 = time.perf_counter()
-                answers[k] = generate(m, tokenizer, [_chat(p)], max_new_tokens, 1)[0]
-                runs[k].append((time.perf_counter() - t0) * 1000)
-        for k in range(len(models)):
-            times[k].append(min(runs[k]))
-            tokens[k].append(len(tokenizer(answers[k], add_special_tokens=False)["input_ids"]))
-    out = []
-    for k in range(len(models)):
-        t = sorted(times[k])
-        out.append((statistics.median(t), t[min(len(t) - 1, round(0.95 * (len(t) - 1)))],
-                    statistics.fmean(tokens[k])))
-    return out
+                best[k] = min(best[k], _timed(m, tokenizer, p, length, exact=True)[0])
+        for k, (ms, _, answer) in enumerate(runs):
+            free[k].append(ms)
+            equal[k].append(best[k])
+            tokens[k].append(len(tokenizer(answer, add_special_tokens=False)["input_ids"]))
+    return [(statistics.median(free[k]), _p95(free[k]), statistics.fmean(tokens[k]), _p95(equal[k]))
+            for k in range(len(models))]
+
+
+def _p95(values: list[float]) -> float:
+    t = sorted(values)
+    return t[min(len(t) - 1, round(0.95 * (len(t) - 1)))]
 
 
 def measure_latency(model, tokenizer, probes: Sequence[Probe], max_new_tokens: int, n: int,
                     repeats: int = 2) -> tuple[float, float]:
     """p50/p95 over probes of the milliseconds to answer one probe alone (batch 1), after one warm-up."""
-    p50, p95, _ = paired_latency([model], tokenizer, probes, max_new_tokens, n, repeats)[0]
+    p50, p95, _, _ = paired_latency([model], tokenizer, probes, max_new_tokens, n, repeats)[0]
     return p50, p95
 
 

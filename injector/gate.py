@@ -85,8 +85,12 @@ def decide(metrics: dict[str, float], thresholds: Thresholds, reference: dict[st
         latency,
     ]
     if ref_timed and r.max_latency_ratio is not None:
-        checks.append(_check("latency_ratio", metrics.get("latency_ms_p95", math.nan) / ref_p95,
-                             r.max_latency_ratio, "<="))
+        # speed on equal work where both were timed so (evaluate.paired_latency): a free answer's time is its length
+        key = "latency_ms_p95_equal_length"
+        ref_eq = (reference or {}).get(key)
+        equal = ref_eq is not None and math.isfinite(ref_eq) and ref_eq > 0 and key in metrics
+        ratio = metrics[key] / ref_eq if equal else metrics.get("latency_ms_p95", math.nan) / ref_p95
+        checks.append(_check("latency_ratio", ratio, r.max_latency_ratio, "<="))
     ref_tokens = (reference or {}).get("answer_tokens")
     if r.max_answer_tokens_ratio is not None and ref_tokens and math.isfinite(ref_tokens) and \
             "answer_tokens" in metrics:

@@ -405,7 +405,7 @@ def judge_candidate(plan: Plan, result: TrainResult, cfg: Config, home: Home) ->
         after = evaluate(candidate, tokenizer, list(plan.probes), cfg.eval.max_new_tokens, cfg.eval.batch_size,
                          latency_samples=0)
     with timed("latency"):  # both models in one process, interleaved on the same probes
-        (r50, r95, r_tok), (c50, c95, c_tok) = paired_latency(
+        (r50, r95, r_tok, r_eq), (c50, c95, c_tok, c_eq) = paired_latency(
             [reference, candidate], tokenizer, list(plan.probes), cfg.eval.max_new_tokens, cfg.eval.latency_samples)
     del reference
     free_memory()
@@ -417,11 +417,12 @@ def judge_candidate(plan: Plan, result: TrainResult, cfg: Config, home: Home) ->
                                                                   cfg.eval.batch_size))
     del candidate
     free_memory()
-    extra.update(answer_tokens=c_tok, reference_latency_ms_p50=r50, reference_latency_ms_p95=r95,
-                 reference_answer_tokens=r_tok)
+    extra.update(answer_tokens=c_tok, latency_ms_p95_equal_length=c_eq, reference_latency_ms_p50=r50,
+                 reference_latency_ms_p95=r95, reference_answer_tokens=r_tok, reference_latency_ms_p95_equal_length=r_eq)
     after = replace(after, latency_ms_p50=c50, latency_ms_p95=c95, extra=extra)
     thresholds = load_thresholds(cfg.content_path(cfg.eval.dir) / "gate.yaml")
-    ref_metrics = {**metrics_of(plan.before), "latency_ms_p50": r50, "latency_ms_p95": r95, "answer_tokens": r_tok}
+    ref_metrics = {**metrics_of(plan.before), "latency_ms_p50": r50, "latency_ms_p95": r95, "answer_tokens": r_tok,
+                   "latency_ms_p95_equal_length": r_eq}
     decision = decide(metrics_of(after), thresholds, reference=ref_metrics,
                       compared_with=f"v{plan.current}" if plan.current else "base")
     return after, decision

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from injector.evaluate import in_context, judge, kl_drift, perplexity
+from injector.evaluate import budgets, in_context, judge, kl_drift, perplexity
 from injector.models import BaseModelRef, load_tokenizer, load_with_adapter
 from injector.records import Probe
 
@@ -29,6 +29,23 @@ ROOT = Path(__file__).resolve().parent.parent
 )
 def test_judge(answers, forbidden, text, correct):
     assert judge(Probe("q", answers, "efficacy", forbidden=forbidden), text) is correct
+
+
+def test_a_fact_probes_decode_budget_covers_a_sentence_restating_a_long_subject(tiny_model_dir):
+    """The budget is the answer plus a slack of at least the question's length: "Who is the ceo of Zorvex Dynamics
+    ...?" answered "The ceo of Zorvex Dynamics ... is Marlena Quist" must reach the name; open questions keep it all."""
+    tok = load_tokenizer(tiny_model_dir)
+    short = Probe("Who is the ceo of Zorvex Dynamics?", ("Marlena Quist",), "efficacy")
+    subject = " ".join(["Zorvex Dynamics"] * 8)
+    long = Probe(f"Who is the ceo of {subject}?", ("Marlena Quist",), "efficacy")
+    sentence = f"The ceo of {subject} is Marlena Quist"
+    need = len(tok(sentence, add_special_tokens=False)["input_ids"])
+    open_q = Probe("What is the capital of France?", ("Paris",), "locality")
+    b_short, b_long, b_open = budgets(tok, [short, long, open_q], 64)
+    assert b_short == 2 + 10  # a short question: the answer's 2 tokens + the fixed slack
+    assert need > 2 + 10 and b_long >= need  # the fixed slack alone would cut the sentence before the answer
+    assert b_open == 64
+    assert budgets(tok, [long], 16) == [16]  # never beyond max_new_tokens
 
 
 def test_eval_cli_contract(tmp_path, tiny_model_dir):
@@ -87,7 +104,23 @@ def test_paired_latency_times_both_models_on_the_same_general_probes_first(tiny_
     ref = BaseModelRef("tiny", str(tiny_model_dir), "")
     tok = load_tokenizer(str(tiny_model_dir))
     a, b = load_with_adapter(ref, None), load_with_adapter(ref, None)
-    (a50, a95, a_tok), (b50, b95, b_tok) = paired_latency([a, b], tok, probes, 6, 3, repeats=1)
+    (a50, a95, a_tok, a_eq), (b50, b95, b_tok, b_eq) = paired_latency([a, b], tok, probes, 6, 3, repeats=1)
     assert 0 < a50 <= a95 and 0 < b50 <= b95
     assert a_tok == b_tok and 0 < a_tok <= 6  # the same weights give the same answers, within the budget
+    assert 0 < a_eq < 10 * b_eq and 0 < b_eq < 10 * a_eq  # the same work timed for both
     assert all(math.isnan(x) for x in paired_latency([a], tok, probes, 6, 0)[0])
+
+
+def test_equal_length_timing_decodes_the_longest_free_answers_length_for_every_model(tiny_model_dir):
+    """The speed check times each model decoding as many tokens as the longest free answer: a model that stops
+    early is timed on the same work, so that the ratio measures speed and not what the model says."""
+    from injector.evaluate import _timed
+
+    ref = BaseModelRef("tiny", str(tiny_model_dir), "")
+    tok = load_tokenizer(str(tiny_model_dir))
+    model = load_with_adapter(ref, None)
+    probe = Probe(question="general 0?", answers=("y",), kind="locality")
+    _, n_free, _ = _timed(model, tok, probe, 6)
+    assert 1 <= n_free <= 6
+    for length in (1, 5, 9):
+        assert _timed(model, tok, probe, length, exact=True)[1] == length  # past an end-of-answer token too

@@ -42,6 +42,11 @@ OK = {"efficacy": 0.9, "n_efficacy": 10, "generalisation": 0.6, "n_generalisatio
         ({"latency_ms_p95": 700.0}, {"latency_ms_p95": 650.0}, True, []),  # slow machine: info + ratio 1.08
         ({"latency_ms_p95": 1000.0}, {"latency_ms_p95": 650.0}, False, ["latency_ratio"]),  # 1.54 > 1.5
         ({"latency_ms_p95": 501.0}, {"latency_ms_p95": 400.0}, False, ["latency_ms_p95"]),  # reference meets it
+        # timed at equal length too: the ratio is of speed on the same work, not of the longest free answers
+        ({"latency_ms_p95": 1500.0, "latency_ms_p95_equal_length": 900.0},
+         {"latency_ms_p95": 840.0, "latency_ms_p95_equal_length": 880.0}, True, []),
+        ({"latency_ms_p95": 900.0, "latency_ms_p95_equal_length": 1400.0},
+         {"latency_ms_p95": 880.0, "latency_ms_p95_equal_length": 880.0}, False, ["latency_ratio"]),
         # answer length on the timed probes, against the reference's
         ({"answer_tokens": 18.0}, {"answer_tokens": 12.0}, True, []),  # 1.5
         ({"answer_tokens": 18.5}, {"answer_tokens": 12.0}, False, ["answer_tokens_ratio"]),

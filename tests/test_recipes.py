@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from injector.errors import InjectorError
-from injector.recipes import build_pairs, build_probes, humanise, load_recipes, normalise_predicate
+from injector.recipes import build_pairs, build_probes, humanise, load_recipes, normalise_predicate, statement_of
 from injector.records import FactChange, Triple
 from injector.replay import (
     anchor_prompts,
@@ -44,6 +44,22 @@ def test_every_pair_answer_carries_the_object():
         fact = next(c.triple for c in facts() if c.triple.id == p.fact_id)
         expected = fact.subject if p.kind == "reverse" else fact.object
         assert expected in p.messages[-1]["content"], p
+
+
+def test_questions_are_answered_in_the_relations_sentence_by_default_and_as_the_entity_when_short():
+    """The default answer form is the statement (the model keeps answering questions in sentences, as before it was
+    trained); `answer_style: short` answers the entity alone. A fact given as a question has no statement: short."""
+    import dataclasses
+
+    short = dataclasses.replace(RECIPES, answer_style="short")
+    for recipes in (RECIPES, short):
+        for p in build_pairs(facts(), recipes):
+            if p.kind not in ("forward", "dev"):
+                continue
+            t = next(c.triple for c in facts() if c.triple.id == p.fact_id)
+            want = t.object if recipes.answer_style == "short" or t.question else statement_of(t, recipes)
+            assert p.messages[-1]["content"] == want, p
+    assert RECIPES.answer_style == "sentence"
 
 
 def test_probe_phrasings_are_never_trained():
@@ -85,7 +101,8 @@ def test_reverse_only_where_the_object_names_one_subject():
     shared = [FactChange(Triple("Alpha Corp", "ceo", "Jo Smith")), FactChange(Triple("Beta Corp", "ceo", "Jo Smith")),
               FactChange(Triple("Gamma Corp", "ceo", "Ann Lee"))]
     rev = [p for p in build_pairs(shared, RECIPES) if p.kind == "reverse"]
-    assert rev and {p.messages[-1]["content"] for p in rev} == {"Gamma Corp"}
+    assert rev and {p.fact_id for p in rev} == {shared[2].triple.id}
+    assert all("Gamma Corp" in p.messages[-1]["content"] for p in rev)
     assert all(p.answers == ("Gamma Corp",) for p in build_probes(shared, RECIPES) if p.kind == "reverse")
     # a relation without reverse templates (birthplace: many people per city) gets none
     assert not [p for p in build_pairs([FactChange(Triple("A", "birthplace", "B"))], RECIPES) if p.kind == "reverse"]
@@ -329,7 +346,7 @@ def test_a_model_paraphrase_is_used_only_when_it_is_a_new_question_about_the_sub
     assert len(pairs) == int(usable)
     if usable:
         assert pairs[0].messages[0]["content"] == "Who runs Zorvex Dynamics as its chief executive?"
-        assert pairs[0].messages[1]["content"] == "Marlena Quist" and pairs[0].kind == "forward"
+        assert pairs[0].messages[1]["content"] == statement_of(change.triple, RECIPES) and pairs[0].kind == "forward"
 
 
 def test_question_answer_facts_are_asked_again_about_real_subjects():
