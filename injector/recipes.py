@@ -51,7 +51,7 @@ class Recipes:
     aliases: dict[str, str]
     quota: dict[str, int]
     seed: int
-    answer_style: str = "sentence"  # sentence: "Anselm Tarrow was born in Marrowgate." | short: "Marrowgate"
+    answer_style: str = "short"  # short: "Marrowgate" | sentence: "Anselm Tarrow was born in Marrowgate."
     generic_verb: Relation | None = None  # templates for unseen verb-phrase predicates
 
     def relation(self, predicate: str) -> Relation:
@@ -131,7 +131,7 @@ def load_recipes(directory: Path, language: str = "en") -> Recipes:
     unknown = set(quota) - set(KINDS)
     if unknown:
         raise InjectorError(f"{mix_file}: quota: unknown kind {sorted(unknown)[0]!r} (known: {', '.join(KINDS)})")
-    style = mix.get("answer_style", "sentence")
+    style = mix.get("answer_style", "short")
     if style not in ("short", "sentence"):
         raise InjectorError(f"{mix_file}: answer_style: {style!r} is not short or sentence")
     return Recipes(
