@@ -5,10 +5,10 @@ Teacher-forced token accuracy flatters and is not used for fact accuracy.
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import re
-import math
 import statistics
 import time
 from collections.abc import Sequence

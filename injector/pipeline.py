@@ -418,7 +418,8 @@ def judge_candidate(plan: Plan, result: TrainResult, cfg: Config, home: Home) ->
     del candidate
     free_memory()
     extra.update(answer_tokens=c_tok, latency_ms_p95_equal_length=c_eq, reference_latency_ms_p50=r50,
-                 reference_latency_ms_p95=r95, reference_answer_tokens=r_tok, reference_latency_ms_p95_equal_length=r_eq)
+                 reference_latency_ms_p95=r95, reference_answer_tokens=r_tok,
+                 reference_latency_ms_p95_equal_length=r_eq)
     after = replace(after, latency_ms_p50=c50, latency_ms_p95=c95, extra=extra)
     thresholds = load_thresholds(cfg.content_path(cfg.eval.dir) / "gate.yaml")
     ref_metrics = {**metrics_of(plan.before), "latency_ms_p50": r50, "latency_ms_p95": r95, "answer_tokens": r_tok,
