@@ -52,6 +52,14 @@ def _chat(probe: Probe) -> list[dict]:
     return [*probe.messages, {"role": "user", "content": probe.question}]
 
 
+def _prompt(tokenizer, chat: list[dict]) -> str:
+    return tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+
+
+def _answer(tokenizer, new_ids) -> str:
+    return tokenizer.decode(new_ids, skip_special_tokens=True).strip()
+
+
 def generate(model, tokenizer, chats: Sequence[list[dict]], max_new_tokens: int = 32, batch_size: int = 32,
              progress: bool = False) -> list[str]:
     """Greedy answers for many chats, batched by similar length with left padding."""
@@ -59,7 +67,7 @@ def generate(model, tokenizer, chats: Sequence[list[dict]], max_new_tokens: int 
     from tqdm.auto import tqdm
 
     tokenizer.padding_side = "left"
-    texts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in chats]
+    texts = [_prompt(tokenizer, c) for c in chats]
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     answers: list[str] = [""] * len(texts)
     dev = next(model.parameters()).device
@@ -70,7 +78,7 @@ def generate(model, tokenizer, chats: Sequence[list[dict]], max_new_tokens: int 
             out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
                                  pad_token_id=tokenizer.pad_token_id)
         for row, i in enumerate(idx):
-            answers[i] = tokenizer.decode(out[row, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+            answers[i] = _answer(tokenizer, out[row, enc["input_ids"].shape[1]:])
     return answers
 
 
@@ -85,14 +93,14 @@ def _timed(model, tokenizer, probe: Probe, max_new_tokens: int, exact: bool = Fa
     """(ms, tokens decoded, answer) for one probe alone (batch 1); `exact`: decode exactly `max_new_tokens`."""
     import torch
 
-    text = tokenizer.apply_chat_template(_chat(probe), add_generation_prompt=True, tokenize=False)
+    text = _prompt(tokenizer, _chat(probe))
     t0 = time.perf_counter()
     enc = tokenizer([text], return_tensors="pt", add_special_tokens=False).to(next(model.parameters()).device)
     with torch.inference_mode():
         out = model.generate(**enc, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens if exact else None,
                              do_sample=False, use_cache=True, pad_token_id=tokenizer.pad_token_id)
     new = out[0, enc["input_ids"].shape[1]:]
-    answer = tokenizer.decode(new, skip_special_tokens=True).strip()
+    answer = _answer(tokenizer, new)
     return (time.perf_counter() - t0) * 1000, int(new.shape[0]), answer
 
 
@@ -243,8 +251,7 @@ def answer_logprobs(model, tokenizer, prompts: Sequence[str], answers: Sequence[
     steps = range(0, len(prompts), batch_size)
     for i in tqdm(steps, desc="KL log-probs", unit="batch", disable=len(steps) < 4):
         ps, ans = prompts[i: i + batch_size], answers[i: i + batch_size]
-        heads = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
-                                               tokenize=False) for p in ps]
+        heads = [_prompt(tokenizer, [{"role": "user", "content": p}]) for p in ps]
         n_head = [len(tokenizer(h, add_special_tokens=False)["input_ids"]) for h in heads]
         enc = tokenizer([h + a for h, a in zip(heads, ans)], return_tensors="pt", padding=True,
                         add_special_tokens=False).to(dev)
