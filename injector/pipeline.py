@@ -437,8 +437,7 @@ def record_candidate(plan: Plan, result: TrainResult, after: EvalReport, decisio
     metrics = metrics_of(after)
     registry.log_metrics(run_id, {**{f"eval_{k}": v for k, v in metrics.items()},
                                   "train_tokens_per_s": result.tokens_per_s, "train_wall_s": result.wall_s,
-                                  "train_skipped_share": result.skipped_share,
-                                  "train_distill_weight": result.distill_weight})
+                                  "train_skipped_share": result.skipped_share})
     registry.log_artifacts(run_id, write_run_report(plan.run_dir / "report", plan.before, after, result, decision),
                            "report")
     tags = {"base_sha256": plan.base.sha256, "gate": "pass" if decision.passed else "fail",

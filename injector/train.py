@@ -298,22 +298,6 @@ def supervised(pairs: list[InstructionPair], cfg: TrainConfig) -> list[Instructi
     return pairs
 
 
-def kd_weight(pairs: list[InstructionPair], tokenizer, weight: float) -> float:
-    """The distillation term's weight for a night trained on `pairs`: train.distill_weight is counted against
-    questions answered in short form (the entity alone). The answer loss is a mean over answer tokens; a question
-    answered by a sentence that restates it ("Anselm Tarrow was born in Marrowgate.") gives the entity ~1/3 of its
-    pair's tokens, and the fresh fact is learned less against the same distillation term (measured on the demo:
-    efficacy 0.96 -> 0.83 at weight 3, 1.00 at weight 1; docs/BENCHMARKS.md). The weight is scaled by the entity's
-    share of those pairs' answer tokens (short-form tokens / trained tokens over the pairs that have a short form,
-    `InstructionPair.short`): unchanged where every question is answered in short form."""
-    def n(text: str) -> int:
-        return len(tokenizer(text, add_special_tokens=False)["input_ids"]) + 1  # + the end-of-turn token
-
-    long = [p for p in pairs if p.short]
-    trained = sum(n(p.messages[-1]["content"]) for p in long)
-    return weight * sum(n(p.short) for p in long) / trained if trained else weight
-
-
 def lora_layers(top: float, n_layers: int) -> list[int] | None:
     """The decoder layers that get adapters: the top `top` share of `n_layers` (at least one); None for all."""
     if top >= 1:
@@ -573,7 +557,7 @@ def train_lora(
     if cfg.distill_weight > 0 and replay:
         with timed("teacher_pass"):
             trainer.distill = _teacher(trainer, cfg, replay, dist.rank, dist.world)
-        trainer.distill_weight = kd_weight(supervised(train_pairs, cfg), tokenizer, cfg.distill_weight)
+        trainer.distill_weight = cfg.distill_weight
         trainer.distill_every = cfg.distill_every
 
     start = time.perf_counter()
@@ -616,7 +600,6 @@ def train_lora(
         stopped_early=has_dev and epochs_done < cfg.epochs - 1e-6,
         skipped_share=trainer.learned.skipped_share if trainer.learned is not None else 0.0,
         replicas_in_sync=in_sync,
-        distill_weight=trainer.distill_weight if trainer.distill is not None else 0.0,
     )
 
 
