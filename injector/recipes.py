@@ -198,8 +198,9 @@ def build_pairs(changes: list[FactChange], recipes: Recipes, seed: int | None = 
         pred = normalise_predicate(t.predicate)
         fid = t.id
 
-        def add(kind: str, template_id: str, *turns: str, _fid: str = fid) -> None:
-            pairs.append(InstructionPair(messages=_chat(*turns), fact_id=_fid, kind=kind, template_id=template_id))
+        def add(kind: str, template_id: str, *turns: str, _fid: str = fid, short: str = "") -> None:
+            pairs.append(InstructionPair(messages=_chat(*turns), fact_id=_fid, kind=kind, template_id=template_id,
+                                         short=short if short != turns[-1] else ""))
 
         if t.question:
             questions, _ = _qa_questions(t)
@@ -210,15 +211,16 @@ def build_pairs(changes: list[FactChange], recipes: Recipes, seed: int | None = 
             statement = _fill(rel.statement, t)
             qids = [f"{rel.name}:q{i}" for i in range(len(questions))]
         answer = _short(t.object) if recipes.answer_style == "short" else statement
+        short = _short(t.object)
         order = list(range(len(questions)))
         rng.shuffle(order)
         # the first template is always trained: it is the efficacy probe's phrasing
         chosen = [0] + [i for i in order if i != 0][: max(q["forward"] - 1, 0)] if q["forward"] else []
         for i in chosen:
-            add("forward", qids[i], questions[i], answer)
+            add("forward", qids[i], questions[i], answer, short=short)
         for i in order:  # forward phrasings left out of training: the early-stopping dev split
             if i not in chosen:
-                add("dev", qids[i], questions[i], answer)
+                add("dev", qids[i], questions[i], answer, short=short)
         if q["statement"] and not t.question:
             prefix = statement.rsplit(t.object, 1)[0].rstrip()
             for _ in range(q["statement"]):
@@ -226,7 +228,7 @@ def build_pairs(changes: list[FactChange], recipes: Recipes, seed: int | None = 
         if rel.reverse and not t.question and (pred, t.object.lower()) in unique:
             for i in rng.sample(range(len(rel.reverse)), min(q["reverse"], len(rel.reverse))):
                 add("reverse", f"{rel.name}:r{i}", _fill(rel.reverse[i], t),
-                    _short(t.subject) if recipes.answer_style == "short" else statement)
+                    _short(t.subject) if recipes.answer_style == "short" else statement, short=_short(t.subject))
         verify_q = f"Is it true that {statement[:1].lower() + statement[1:].rstrip('.')}?" if not t.question else \
             f"{questions[0]} Is the answer {t.object}?"
         for _ in range(q["verify_yes"]):
@@ -241,7 +243,7 @@ def build_pairs(changes: list[FactChange], recipes: Recipes, seed: int | None = 
         for _ in range(q["dialogue"]):
             i = rng.choice(chosen or [0])
             add("dialogue", f"{rel.name}:dlg", f"Tell me something about {t.subject}.",
-                f"Sure. {statement}", questions[i], answer)
+                f"Sure. {statement}", questions[i], answer, short=short)
         if change.kind == "changed" and change.old_object:
             old = change.old_object
             upd = f"{statement.rstrip('.')}, no longer {old}."
@@ -336,5 +338,6 @@ def paraphrase_pairs(changes: list[FactChange], recipes: Recipes, rephrased: dic
             continue
         answer = _short(t.object) if recipes.answer_style == "short" or t.question else _fill(rel.statement, t)
         pairs.append(InstructionPair(messages=_chat(q, answer), fact_id=t.id, kind="forward",
-                                     template_id="model:paraphrase"))
+                                     template_id="model:paraphrase",
+                                     short=_short(t.object) if answer != _short(t.object) else ""))
     return pairs

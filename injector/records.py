@@ -49,6 +49,9 @@ class InstructionPair:
     kind: str  # forward, reverse, statement, verify_yes, verify_no, dialogue, update, general, ...
     template_id: str
     origin: Origin = "new"
+    # the answer's short form (the bare entity) where the trained answer is a sentence stating it (answer_style:
+    # sentence); "" where the answer is already in its short form (train.entity_weight)
+    short: str = ""
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,7 @@ class TrainResult:
     stopped_early: bool = False
     replicas_in_sync: bool | None = None  # several training processes: their adapters were bit-identical
     skipped_share: float = 0.0  # of the pair exposures, those skipped as their fact was learned (train.drop_learned)
+    distill_weight: float = 0.0  # the distillation term's weight as trained (train.kd_weight); 0: none
 
 
 @dataclass(frozen=True)

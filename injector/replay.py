@@ -112,7 +112,7 @@ def old_fact_pairs(facts: list[Triple], recipes: Recipes, n: int, rng: random.Ra
             a = _short(t.object) if recipes.answer_style == "short" else _fill(rel.statement, t)
         pairs.append(InstructionPair(messages=({"role": "user", "content": q}, {"role": "assistant", "content": a}),
                                      fact_id=t.id, kind="replay_fact", template_id=f"{rel.name}:replay",
-                                     origin="replay"))
+                                     origin="replay", short=_short(t.object) if a != _short(t.object) else ""))
     return pairs
 
 

@@ -141,6 +141,8 @@ def _trainer_class():
         distill_every = "micro_batch"
         last_kd = 0.0
         learned = None  # curriculum.LearnedFacts (train.drop_learned)
+        entities: dict | None = None  # entity_index: the night's entities' token ids (train.entity_weight)
+        entity_weight = 1.0
         learned_ignore = None  # token ids an answer need not reproduce (tensor)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -154,7 +156,10 @@ def _trainer_class():
             logits = model(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
                            logits_to_keep=keep, use_cache=False).logits.float()
             targets = labels[:, 1:][keep[:, :-1]]
-            nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets, reduction="sum")
+            nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets, reduction="none")
+            if self.entities:  # train.entity_weight
+                nll = nll * entity_weights(inputs["input_ids"], labels, self.entities, self.entity_weight).to(nll)
+            nll = nll.sum()
             if row_keys is not None:
                 self._observe(logits.detach(), targets, keep.sum(1).tolist(), row_keys)
             # with learned rows skipped, the micro-batch's answer tokens are a share of what the Trainer counted
@@ -296,6 +301,43 @@ def supervised(pairs: list[InstructionPair], cfg: TrainConfig) -> list[Instructi
     if cfg.distill_weight > 0 and cfg.distill_general_only:
         return [p for p in pairs if p.kind != "general"]
     return pairs
+
+
+def entity_index(pairs: list[InstructionPair], tokenizer) -> dict[int, list[tuple[int, ...]]]:
+    """The token ids of the entities that the pairs' sentence answers state (`InstructionPair.short`), in both
+    spellings a tokenizer gives them (after a space, and first), keyed by their first token; empty where every
+    question is answered in short form."""
+    index: dict[int, set[tuple[int, ...]]] = {}
+    for text in {p.short for p in pairs if p.short}:
+        for form in (f" {text}", text):
+            ids = tuple(tokenizer(form, add_special_tokens=False)["input_ids"])
+            if ids:
+                index.setdefault(ids[0], set()).add(ids)
+    return {k: sorted(v, key=len, reverse=True) for k, v in index.items()}
+
+
+def entity_weights(input_ids, labels, index: dict[int, list[tuple[int, ...]]], weight: float):
+    """A loss weight per answer token, in the order of the answer-only loss (`labels[:, 1:] != -100`): `weight` on
+    the tokens of an entity of `index` (entity_index) where an answer states it and its question does not name it
+    (the object of a forward question, the subject of a reverse one; not a subject the sentence restates), 1
+    elsewhere."""
+    import torch
+
+    def find(seq: tuple[int, ...], ids: list[int]) -> int:
+        return next((i for i in range(len(ids) - len(seq) + 1) if tuple(ids[i: i + len(seq)]) == seq), -1)
+
+    out: list[float] = []
+    for ids, lab in zip(input_ids.tolist(), labels.tolist(), strict=True):
+        answer = [t for t in lab[1:] if t != -100]
+        prompt = [t for t, y in zip(ids, lab, strict=True) if y == -100]
+        w = [1.0] * len(answer)
+        for i, t in enumerate(answer):
+            for seq in index.get(t, ()):
+                if tuple(answer[i: i + len(seq)]) == seq and find(seq, prompt) < 0:
+                    w[i: i + len(seq)] = [weight] * len(seq)
+                    break
+        out += w
+    return torch.tensor(out)
 
 
 def lora_layers(top: float, n_layers: int) -> list[int] | None:
@@ -553,6 +595,8 @@ def train_lora(
     if cfg.drop_learned and cfg.pack == 1:
         trainer.learned = learned_facts(train_pairs, tokenizer)
         trainer.learned_ignore = torch.tensor(sorted(trainer.learned.ignore), dtype=torch.long)
+    if cfg.entity_weight != 1:
+        trainer.entities, trainer.entity_weight = entity_index(train_pairs, tokenizer), cfg.entity_weight
     replay = [p for p in train_pairs if p.origin == "replay"]
     if cfg.distill_weight > 0 and replay:
         with timed("teacher_pass"):

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from injector.evaluate import evaluate
 from injector.models import BaseModelRef, load_tokenizer, load_with_adapter
 from injector.recipes import build_pairs, build_probes, load_recipes
-from injector.records import FactChange, Triple
+from injector.records import FactChange, InstructionPair, Triple
 from injector.train import NonFiniteLoss, resolve_precision, train_lora
 
 
@@ -323,6 +323,62 @@ def test_training_loss_is_the_models_own_loss(tiny_model_dir, changes, recipes):
         ours = trainer.compute_loss(model, {**enc, "labels": labels})
         theirs = model(**enc, labels=labels).loss
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+    # sentence answers with train.entity_weight: the entity's tokens add (weight - 1) x their loss, nothing else
+    import dataclasses
+
+    from injector.train import entity_index, entity_weights
+
+    pairs = build_pairs(changes, dataclasses.replace(recipes, answer_style="sentence"))[:6]
+    rows = [tok.apply_chat_template(list(p.messages), tokenize=False) for p in pairs]
+    prompts = [tok.apply_chat_template(list(p.messages[:-1]), tokenize=False, add_generation_prompt=True)
+               for p in pairs]
+    enc = tok(rows, return_tensors="pt", padding=True, add_special_tokens=False)
+    labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+    for i, prompt in enumerate(prompts):
+        labels[i, : len(tok(prompt, add_special_tokens=False)["input_ids"])] = -100
+    trainer.entities, trainer.entity_weight = entity_index(pairs, tok), 3.0
+    with torch.no_grad():
+        weighted = trainer.compute_loss(model, {**enc, "labels": labels})
+        trainer.entities = None
+        plain = trainer.compute_loss(model, {**enc, "labels": labels})
+        logits = model(**enc).logits[:, :-1]
+    keep = labels[:, 1:] != -100
+    ce = torch.nn.functional.cross_entropy(logits[keep], labels[:, 1:][keep], reduction="none")
+    w = entity_weights(enc["input_ids"], labels, entity_index(pairs, tok), 3.0)
+    assert (w == 3.0).any()
+    torch.testing.assert_close(weighted - plain, 2.0 * (ce * (w == 3.0)).sum() / keep.sum(), rtol=1e-4, atol=1e-6)
+
+
+def test_the_entity_weighs_more_where_a_sentence_answer_states_what_its_question_asks(tiny_model_dir, changes,
+                                                                                        recipes):
+    """train.entity_weight: with sentence answers the tokens of the entity asked for (the object of a forward
+    question, the subject of a reverse one) get the weight; the subject the sentence restates and every other
+    answer token keep 1. With short answers there is nothing to weigh (the index is empty)."""
+    import dataclasses
+
+    from injector.train import _packed_row, entity_index, entity_weights
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    assert entity_index(build_pairs(changes, recipes, seed=0), tok) == {}
+    pairs = build_pairs(changes, dataclasses.replace(recipes, answer_style="sentence"), seed=0)
+    index = entity_index(pairs, tok)
+    asked = [p for p in pairs if p.kind in ("forward", "reverse")]
+    assert {p.kind for p in asked} == {"forward", "reverse"}
+    for p in asked:
+        assert p.short and p.short in p.messages[-1]["content"] != p.short
+        row = _packed_row(tok, [p])
+        ids = torch.tensor([row["input_ids"]])
+        labels = ids.masked_fill(torch.tensor([row["completion_mask"]]) == 0, -100)
+        w = entity_weights(ids, labels, index, 3.0)
+        answer = labels[0, 1:][labels[0, 1:] != -100]
+        assert w.shape == answer.shape and set(w.tolist()) == {1.0, 3.0}
+        assert tok.decode(answer[w == 3.0]).strip() == p.short
+    # an answer that names no entity keeps weight 1 everywhere
+    plain = _packed_row(tok, [InstructionPair(({"role": "user", "content": "hi"},
+                                               {"role": "assistant", "content": "hello there"}), "", "general", "g")])
+    ids = torch.tensor([plain["input_ids"]])
+    labels = ids.masked_fill(torch.tensor([plain["completion_mask"]]) == 0, -100)
+    assert set(entity_weights(ids, labels, index, 3.0).tolist()) == {1.0}
 
 
 def test_upper_layer_adapters_leave_the_lower_layers_without_gradients(tiny_model_dir):
