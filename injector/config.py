@@ -97,11 +97,13 @@ class TrainConfig(_Section):
     # logit distillation on the replay text against the starting model (docs/BENCHMARKS.md runs 9-10: general PPL
     # +45% -> +0.6%, locality 0.77 -> 0.93 of base on the demo)
     distill_weight: float = Field(3.0, ge=0)
-    # with sentence answers (data_recipes/mix.yaml answer_style): the loss weight of the fact's entity wherever an
-    # answer states it, against 1 for the answer's other tokens. The answer loss is a mean over answer tokens, and a
-    # sentence restating the question leaves the entity ~1/3 of its answer's weight: the entity is learned less
-    # against the same distillation term (docs/BENCHMARKS.md). No effect on short answers (nothing to weigh)
-    entity_weight: float = Field(1.0, ge=1)
+    # with sentence answers (data_recipes/mix.yaml answer_style): the loss weight of the entity an answer states and
+    # its question does not name (train.entity_weights), against 1 for the answer's other tokens. The answer loss is
+    # a mean over answer tokens, and a sentence that restates the question leaves the entity ~1/3 of its answer's
+    # tokens: 3 gives it the weight against `distill_weight` it has in a short answer, and keeps the distillation
+    # whole. Measured on the demo with sentence answers (docs/BENCHMARKS.md): efficacy 0.83 -> 1.00, held-out
+    # paraphrase 0.69 -> 0.90, promoted. No effect on short answers (nothing to weigh)
+    entity_weight: float = Field(3.0, ge=1)
     distill_batch_size: int = Field(2, ge=1)  # replay sequences distilled per micro-step
     # "step": one KD batch per optimizer step instead of per micro-batch: a KD pass is a third of a micro-step on a
     # CPU, the demo's training 457 -> 375 s, but measured worse (efficacy 0.96 -> 0.92, held-out paraphrase 0.83 ->
