@@ -89,7 +89,6 @@ class TrainResult:
     stopped_early: bool = False
     replicas_in_sync: bool | None = None  # several training processes: their adapters were bit-identical
     skipped_share: float = 0.0  # of the pair exposures, those skipped as their fact was learned (train.drop_learned)
-    distill_weight: float = 0.0  # the distillation term's weight as trained (train.kd_weight); 0: none
 
 
 @dataclass(frozen=True)
