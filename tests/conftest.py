@@ -139,6 +139,24 @@ def eval_dir(tmp_path: Path, gate_yaml: str) -> Path:
     return d
 
 
+def short_recipes(tmp_path: Path) -> Path:
+    """A copy of the shipped data_recipes/ answering questions with the bare entity (`answer_style: short`), for
+    tests of the pipeline's mechanics (resume, caches, triage, the flow) that need the random tiny model to learn
+    its facts within a few seconds: it learns a one-word answer in 20-30 epochs, the default sentence answer
+    (~8 words, most of them the question's) not reliably, and an answer cut at `eval.max_new_tokens=4` never
+    reaches the sentence's object. The sentence form is tested in test_recipes, test_train and
+    test_train_registers_champion_and_is_idempotent."""
+    import shutil
+
+    d = tmp_path / "data_recipes"
+    shutil.copytree(ROOT / "data_recipes", d)
+    mix = d / "mix.yaml"
+    text = mix.read_text()
+    assert "\nanswer_style: sentence\n" in text
+    mix.write_text(text.replace("\nanswer_style: sentence\n", "\nanswer_style: short\n"))
+    return d
+
+
 def free_port() -> int:
     """A free TCP port on loopback (for servers the tests start)."""
     import socket

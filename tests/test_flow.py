@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TINY_FACTS, eval_dir
+from conftest import ROOT, TINY_FACTS, eval_dir, short_recipes
 
 from injector import registry
 from injector.errors import AlreadyRunning
@@ -47,7 +47,7 @@ def overrides(tiny_model_dir, tmp_path):
             # 4 answer tokens: the random tiny model's babble after the answer (e.g. the update pair's "..., no
             # longer <old CEO>") is not what night 2 checks
             "eval.max_new_tokens=4", "eval.latency_samples=1", "eval.locality=false", "eval.ppl_max_tokens=0",
-            f"eval.dir={d}", "recipes.new=1", "recipes.replay=1"]
+            f"eval.dir={d}", f"recipes.dir={short_recipes(tmp_path)}", "recipes.new=1", "recipes.replay=1"]
 
 
 def _drop(path: Path, rows: list[dict]) -> Path:

@@ -4,7 +4,7 @@ import json
 import shutil
 
 import pytest
-from conftest import TINY_FACTS, eval_dir, tiny_config
+from conftest import TINY_FACTS, eval_dir, short_recipes, tiny_config
 
 from injector import registry
 from injector.ledger import Ledger
@@ -73,7 +73,7 @@ def test_killed_run_resumes_to_the_same_adapter(tmp_path, tiny_model_dir, tiny_f
                  "train.grad_accum=1", "train.max_length=96", "train.warmup_ratio=0.0", "train.patience=0",
                  "train.min_steps=0", "train.ewc_lambda=0",
                  "train.dev_fraction=0", "eval.max_new_tokens=8", "eval.latency_samples=1", "eval.locality=false",
-                 f"eval.dir={lenient_eval}", "recipes.replay=0"]
+                 f"eval.dir={lenient_eval}", f"recipes.dir={short_recipes(tmp_path)}", "recipes.replay=0"]
     full = _cli(["train", "--triples", str(tiny_facts_file), *overrides], tmp_path / "full")
     assert full.returncode == 0, full.stderr[-2000:]
 
@@ -114,7 +114,8 @@ def test_second_night_reuses_the_champions_judged_answers(home, tiny_model_dir, 
     """The reference's general-knowledge answers depend only on (model, probe): the champion answered them when it
     was judged, so the next night does not generate them again; every night reports its time by stage and part."""
 
-    cfg = tiny_config(tiny_model_dir, f"eval.dir={lenient_eval}", "eval.kl=false")
+    cfg = tiny_config(tiny_model_dir, f"eval.dir={lenient_eval}", "eval.kl=false",
+                      f"recipes.dir={short_recipes(tmp_path)}")
     first, second = tmp_path / "1.jsonl", tmp_path / "2.jsonl"
     first.write_text("".join(json.dumps(r) + "\n" for r in TINY_FACTS[:2]))
     second.write_text("".join(json.dumps(r) + "\n" for r in TINY_FACTS[2:]))
@@ -165,7 +166,8 @@ def test_known_facts_are_triaged_out_of_training(home, tiny_model_dir, tmp_path,
     lenient = eval_dir(tmp_path / "t", "absolute:\n  min_efficacy: 0.75\n  min_generalisation: 0.0\n"
                                        "  max_latency_ms_p95: 100000\nrelative:\n  max_general_ppl_increase: null\n"
                                        "  min_locality_ratio: 0.0\n  min_retention_ratio: 0.0\n")
-    cfg = tiny_config(tiny_model_dir, f"eval.dir={lenient}", "eval.kl=false", "eval.locality=false")
+    cfg = tiny_config(tiny_model_dir, f"eval.dir={lenient}", "eval.kl=false", "eval.locality=false",
+                      f"recipes.dir={short_recipes(tmp_path)}")
     first = tmp_path / "1.jsonl"
     first.write_text("".join(json.dumps(r) + "\n" for r in TINY_FACTS[:2]))
     assert run_train([first], cfg, home, log=lambda *a: None).promoted

@@ -46,21 +46,21 @@ def test_every_pair_answer_carries_the_object():
         assert expected in p.messages[-1]["content"], p
 
 
-def test_questions_are_answered_as_the_entity_by_default_and_in_the_relations_sentence_when_asked():
-    """The default answer form is the entity alone; `answer_style: sentence` answers with the relation's statement
-    (the model keeps answering questions in sentences, as before it was trained). A fact given as a question has no
+def test_questions_are_answered_in_the_relations_sentence_by_default_and_as_the_entity_when_asked():
+    """The default answer form is the relation's statement (the model keeps answering questions in sentences, as
+    before it was trained); `answer_style: short` answers with the entity alone. A fact given as a question has no
     statement: short in both."""
     import dataclasses
 
-    sentence = dataclasses.replace(RECIPES, answer_style="sentence")
-    for recipes in (RECIPES, sentence):
+    short = dataclasses.replace(RECIPES, answer_style="short")
+    for recipes in (RECIPES, short):
         for p in build_pairs(facts(), recipes):
             if p.kind not in ("forward", "dev"):
                 continue
             t = next(c.triple for c in facts() if c.triple.id == p.fact_id)
             want = t.object if recipes.answer_style == "short" or t.question else statement_of(t, recipes)
             assert p.messages[-1]["content"] == want, p
-    assert RECIPES.answer_style == "short"
+    assert RECIPES.answer_style == "sentence"
 
 
 def test_probe_phrasings_are_never_trained():
@@ -347,7 +347,8 @@ def test_a_model_paraphrase_is_used_only_when_it_is_a_new_question_about_the_sub
     assert len(pairs) == int(usable)
     if usable:
         assert pairs[0].messages[0]["content"] == "Who runs Zorvex Dynamics as its chief executive?"
-        assert pairs[0].messages[1]["content"] == "Marlena Quist" and pairs[0].kind == "forward"
+        assert pairs[0].messages[1]["content"] == statement_of(change.triple, RECIPES)  # answered as the recipes are
+        assert pairs[0].short == "Marlena Quist" and pairs[0].kind == "forward"
 
 
 def test_question_answer_facts_are_asked_again_about_real_subjects():
