@@ -153,6 +153,11 @@ class RecipesConfig(_Section):
     # models that can rephrase. Off by default: SmolLM2-135M answers instead of rephrasing (0 of 12 replies usable;
     # docs/BENCHMARKS.md), so on the embedded model it costs a generation pass for nothing
     model_paraphrases: bool = False
+    # with sentence answers (data_recipes/mix.yaml answer_style): a fact that arrives as a question has no statement
+    # template, so the current model rewords its question and answer as one sentence (recipes.SENTENCE_PROMPT), and
+    # a sentence that names the subject, the answer and nothing else (recipes.model_sentence) is its trained answer;
+    # the others keep the bare entity
+    model_sentences: bool = True
     distill_max_new_tokens: int = Field(48, ge=8)
 
 

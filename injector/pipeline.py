@@ -226,6 +226,9 @@ def plan_candidate(cfg: Config, home: Home, log=print, triples: list[Path] | Non
         if not changes:
             log("no-op: the serving model already answers every pending fact; recorded as known, nothing to train")
             return None
+    if cfg.recipes.model_sentences and recipes.answer_style == "sentence" and any(c.triple.question for c in changes):
+        with timed("model_sentences"):
+            pairs = _model_sentences(changes, pairs, reference, tokenizer, cfg, log)
     if cfg.recipes.model_paraphrases:
         with timed("model_paraphrases"):
             pairs = pairs + _model_paraphrases(changes, recipes, reference, tokenizer, cfg, log)
@@ -650,6 +653,21 @@ def _model_paraphrases(changes, recipes, model, tokenizer, cfg: Config, log) -> 
     pairs = paraphrase_pairs(changes, recipes, {i: x for (i, _), x in zip(asked, texts)})
     log(f"model paraphrases: {len(pairs)} of {len(asked)} facts rephrased usably by the model itself")
     return pairs
+
+
+def _model_sentences(changes, pairs, model, tokenizer, cfg: Config, log) -> list:
+    """The reference rewords each question-form fact's question and answer as one sentence (greedy); the usable
+    ones (`recipes.model_sentence`) become the answers of that fact's pairs (`recipes.sentence_answers`)."""
+    from injector.evaluate import generate
+    from injector.recipes import SENTENCE_PROMPT, model_sentence, sentence_answers
+
+    asked = [c.triple for c in changes if c.triple.question]
+    texts = generate(model, tokenizer, [[{"role": "user", "content": SENTENCE_PROMPT.format(
+        question=t.question, answer=t.object)}] for t in asked], 40, cfg.eval.batch_size)
+    sentences = {t.id: s for t, x in zip(asked, texts) if (s := model_sentence(x, t))}
+    log(f"model sentences: {len(sentences)} of {len(asked)} question-form facts answered in the model's own "
+        f"sentence; the others with the bare entity")
+    return sentence_answers(pairs, changes, sentences)
 
 
 def _subject_neighbourhood(changes, earlier, recipes, cfg: Config) -> tuple[dict, dict]:

@@ -323,6 +323,65 @@ def model_paraphrase(text: str, t: Triple, known: list[str]) -> str | None:
     return line
 
 
+SENTENCE_PROMPT = ("Rewrite each answer as one complete sentence that restates the question.\n\n"
+                   "Question: Where was Anna Berg born?\nAnswer: Oslo\nSentence: Anna Berg was born in Oslo.\n\n"
+                   "Question: Which company makes the Model T?\nAnswer: Ford\nSentence: Ford makes the Model T.\n\n"
+                   "Question: {question}\nAnswer: {answer}\nSentence:")
+
+
+SENTENCE_NEW_WORDS = 4  # "Paul Bartsch died in Munich." restates "At what location did Paul Bartsch die?" with 1
+
+
+def model_sentence(text: str, t: Triple) -> str | None:
+    """A sentence answer for a question-form fact (no statement template) from the model's rewording of its question
+    and answer (`SENTENCE_PROMPT`), or None: the reply's first sentence; it must end with a full stop, name the
+    subject and the answer, and name nothing else: every capitalised word after the first and every number must
+    come from the question or the answer, and at most `SENTENCE_NEW_WORDS` words may be new ("a classic horror
+    film series that ..." is a description, not a restatement). A small model adds invented facts ("Paul Bartsch
+    was born in Munich, Germany, and died in ..."): those are rejected, and the fact keeps its bare-entity answer.
+    SmolLM2-135M's replies to 40 zsRE questions: 12 usable (docs/BENCHMARKS.md)."""
+    line = text.strip().splitlines()[0].strip() if text.strip() else ""
+    m = re.match(r"(.+?[.!?])(?:\s|$)", line)
+    s = m.group(1) if m else line
+    if not s.endswith(".") or len(s) > 200:
+        return None
+    low = " ".join(s.lower().split())
+    if t.object.strip().lower() not in low or t.subject.strip().lower() not in low:
+        return None
+    allowed = set(_words(t.question)) | set(_words(t.object)) | set(_words(t.subject))
+    if any((w[:1].isupper() or w[:1].isdigit()) and w.lower() not in allowed for w in _WORD.findall(s)[1:]):
+        return None
+    if sum(w not in allowed for w in _words(s)) > SENTENCE_NEW_WORDS:  # a description, not a restatement
+        return None
+    return s
+
+
+_WORD = re.compile(r"[\w'-]+")
+
+
+def _words(text: str) -> list[str]:
+    return [w.lower() for w in _WORD.findall(text)]
+
+
+def sentence_answers(pairs: list[InstructionPair], changes: list[FactChange],
+                     sentences: dict[str, str]) -> list[InstructionPair]:
+    """Question-form facts answered in the model's own sentence (fact id -> `model_sentence`) wherever a pair of
+    theirs answers with the bare entity: its questions ("Munich" -> "Paul Bartsch died in Munich.") and yes/no
+    checks ("Yes. Munich" -> "Yes. Paul Bartsch died in Munich."); `short` keeps the entity (train.entity_weight)."""
+    from dataclasses import replace
+
+    objects = {c.triple.id: _short(c.triple.object) for c in changes if c.triple.question}
+    out = []
+    for p in pairs:
+        s, obj = sentences.get(p.fact_id), objects.get(p.fact_id)
+        answer = p.messages[-1]["content"]
+        lead = next((x for x in ("", "Yes. ", "No. ") if answer == f"{x}{obj}"), None) if s and obj else None
+        if lead is not None and p.origin == "new":
+            p = replace(p, messages=(*p.messages[:-1], {"role": "assistant", "content": f"{lead}{s}"}), short=obj)
+        out.append(p)
+    return out
+
+
 def paraphrase_pairs(changes: list[FactChange], recipes: Recipes, rephrased: dict[str, str]) -> list[InstructionPair]:
     """Training pairs for the model's own rephrasings of each fact's trained question (`rephrased`: fact id -> the
     model's text), those that pass `model_paraphrase`; answered like the recipes' forward questions."""

@@ -351,6 +351,38 @@ def test_a_model_paraphrase_is_used_only_when_it_is_a_new_question_about_the_sub
         assert pairs[0].short == "Marlena Quist" and pairs[0].kind == "forward"
 
 
+@pytest.mark.parametrize("text, usable", [
+    ("Paul Bartsch died in Munich.", "Paul Bartsch died in Munich."),
+    ("Paul Bartsch died in Munich. He was a painter.\nMore text.", "Paul Bartsch died in Munich."),  # first sentence
+    ("Paul Bartsch was born in Munich, Germany, and died in 1921.", None),  # invents a country and a year
+    ("He died in Munich.", None),  # does not name the subject
+    ("Paul Bartsch died in Berlin.", None),  # not the answer
+    ("Munich", None),  # not a sentence
+    ("At what location did Paul Bartsch die? Munich.", None),  # a question, not a statement
+])
+def test_a_question_form_fact_takes_the_models_sentence_only_when_it_states_the_fact_and_nothing_else(text, usable):
+    from injector.recipes import model_sentence, sentence_answers
+
+    t = Triple("Paul Bartsch", "", "Munich", question="At what location did Paul Bartsch die?")
+    assert model_sentence(text, t) == usable
+    plain = Triple("Ada Vell", "citizenship", "Norland")
+    changes = [FactChange(t, "added"), FactChange(plain, "added")]
+    pairs = build_pairs(changes, RECIPES)
+    worded = sentence_answers(pairs, changes, {t.id: usable} if usable else {})
+    assert [p for p in worded if p.fact_id == plain.id] == [p for p in pairs if p.fact_id == plain.id]
+    for before, after in zip(pairs, worded):
+        if before.fact_id != t.id or not usable:
+            assert after == before
+            continue
+        answer = before.messages[-1]["content"]
+        if answer in ("Munich", "Yes. Munich", "No. Munich"):  # questions, dialogue and yes/no checks
+            assert after.messages[-1]["content"] == answer.replace("Munich", usable) and after.short == "Munich"
+            assert after.messages[:-1] == before.messages[:-1]
+        else:
+            assert after == before
+    assert sum(p.short == "Munich" for p in worded) >= 5 * bool(usable)  # the trained questions at least
+
+
 def test_question_answer_facts_are_asked_again_about_real_subjects():
     """A question-answer fact has no relation to take anchors from: its own question, asked about a real subject of
     the closest anchored relation, is answered by the model itself and replayed."""
