@@ -167,7 +167,7 @@ def test_question_form_facts_are_reworded_by_the_model_when_answers_are_sentence
     qa.write_text("".join(json.dumps({"subject": f["subject"], "question": f"Who leads {f['subject']}?",
                                       "object": f["object"]}) + "\n" for f in TINY_FACTS[:2]))
     cfg = tiny_config(tiny_model_dir, f"eval.dir={lenient_eval}", "eval.locality=false", "eval.kl=false",
-                      "train.epochs=1")
+                      "train.epochs=1", "recipes.model_sentences=true")
     lines: list[str] = []
     out = run_train([qa], cfg, home, log=lambda *a: lines.append(" ".join(map(str, a))))
     assert out.version == "1" and "model_sentences" in out.part_s
