@@ -20,10 +20,12 @@ from injector.errors import InjectorError
 from injector.records import Probe
 
 BENCHMARKS = {"zsre": "zsre_portability_1037.json", "mquake": "mquake_cf_354.json"}
-# name -> (config overrides, recipe quota override or None); the pipeline's own stages for every row
+# name -> (config overrides, recipe quota override or None); the pipeline's own stages for every row. The naive row
+# is plain LoRA: one question per fact, no replay, no EWC, no distillation and the plain answer loss (no entity weight)
 VARIANTS: dict[str, tuple[list[str], dict | None]] = {
     "injector": ([], None),
-    "naive LoRA": (["recipes.replay=0", "train.ewc_lambda=0", "train.distill_weight=0"], {"forward": 1}),
+    "naive LoRA": (["recipes.replay=0", "train.ewc_lambda=0", "train.distill_weight=0", "train.entity_weight=1"],
+                   {"forward": 1}),
     "no replay": (["recipes.replay=0", "train.distill_weight=0"], None),
     "no EWC": (["train.ewc_lambda=0"], None),
     "no distillation": (["train.distill_weight=0"], None),
