@@ -305,6 +305,11 @@ def statement_of(t: Triple, recipes: Recipes) -> str:
     return f"{t.question} {t.object}" if t.question else _fill(recipes.relation(t.predicate).statement, t)
 
 
+def _first_line(text: str) -> str:
+    """A model reply's first line, stripped ("" for an empty reply)."""
+    return text.strip().splitlines()[0].strip() if text.strip() else ""
+
+
 PARAPHRASE_PROMPT = "Rephrase this question in other words, keeping its meaning: {question}"
 
 
@@ -312,7 +317,7 @@ def model_paraphrase(text: str, t: Triple, known: list[str]) -> str | None:
     """A usable question from the model's rephrasing of a fact's question, or None: its first line, unquoted; it
     must be one question (ends with "?"), name the subject, not give the answer away, and differ from the
     phrasings the recipes already have. A small model often answers instead of rephrasing: those are rejected."""
-    line = text.strip().splitlines()[0].strip().strip('"\u201c\u201d\'') if text.strip() else ""
+    line = _first_line(text).strip('"\u201c\u201d\'')
     low = " ".join(line.lower().split())
     if not line.endswith("?") or line.count("?") != 1 or len(line) > 200:
         return None
@@ -340,7 +345,7 @@ def model_sentence(text: str, t: Triple) -> str | None:
     film series that ..." is a description, not a restatement). A small model adds invented facts ("Paul Bartsch
     was born in Munich, Germany, and died in ..."): those are rejected, and the fact keeps its bare-entity answer.
     SmolLM2-135M's replies to 39 zsRE questions: 12 usable (docs/BENCHMARKS.md)."""
-    line = text.strip().splitlines()[0].strip() if text.strip() else ""
+    line = _first_line(text)
     m = re.match(r"(.+?[.!?])(?:\s|$)", line)
     s = m.group(1) if m else line
     if not s.endswith(".") or len(s) > 200:
