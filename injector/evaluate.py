@@ -84,9 +84,21 @@ def generate(model, tokenizer, chats: Sequence[list[dict]], max_new_tokens: int 
 
 def latency_sample(probes: Sequence[Probe], n: int) -> list[Probe]:
     """The probes timed: general-knowledge ones first (a candidate should answer them as the reference does; a new
-    fact's probe changes answer on purpose), then the rest in order."""
+    fact's probe changes answer on purpose), spread evenly over them where there are more than `n` (the first dozen of
+    eval/locality.en.jsonl are ten capitals: one relation's answer style is not the candidate's), then the rest in
+    order."""
     general = [p for p in probes if p.kind == "locality"]
+    if len(general) > n:
+        general = [general[i * len(general) // n] for i in range(n)]
     return (general + [p for p in probes if p.kind != "locality"])[:n]
+
+
+def mean_answer_tokens(tokenizer, results: Sequence[ProbeResult], kind: str = "locality") -> tuple[float, int]:
+    """(mean answer length in tokens, probes) over the results of `kind`: (nan, 0) where there are none."""
+    answers = [r.answer for r in results if r.probe.kind == kind]
+    if not answers:
+        return math.nan, 0
+    return statistics.fmean(len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers), len(answers)
 
 
 def _timed(model, tokenizer, probe: Probe, max_new_tokens: int, exact: bool = False) -> tuple[float, int, str]:

@@ -11,7 +11,7 @@ import pytest
 
 from injector.evaluate import budgets, in_context, judge, kl_drift, perplexity
 from injector.models import BaseModelRef, load_tokenizer, load_with_adapter
-from injector.records import Probe
+from injector.records import Probe, ProbeResult
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -101,6 +101,8 @@ def test_paired_latency_times_both_models_on_the_same_general_probes_first(tiny_
     probes = [Probe(question=f"fact {i}?", answers=("x",), kind="efficacy") for i in range(3)]
     probes += [Probe(question=f"general {i}?", answers=("y",), kind="locality") for i in range(2)]
     assert [p.question for p in latency_sample(probes, 3)] == ["general 0?", "general 1?", "fact 0?"]
+    many = [Probe(question=f"general {i}?", answers=("y",), kind="locality") for i in range(10)]
+    assert [p.question for p in latency_sample(many, 3)] == ["general 0?", "general 3?", "general 6?"]  # spread
     ref = BaseModelRef("tiny", str(tiny_model_dir), "")
     tok = load_tokenizer(str(tiny_model_dir))
     a, b = load_with_adapter(ref, None), load_with_adapter(ref, None)
@@ -124,3 +126,17 @@ def test_equal_length_timing_decodes_the_longest_free_answers_length_for_every_m
     assert 1 <= n_free <= 6
     for length in (1, 5, 9):
         assert _timed(model, tok, probe, length, exact=True)[1] == length  # past an end-of-answer token too
+
+
+def test_mean_answer_tokens_counts_one_kind_of_probe(tiny_model_dir):
+    """The gate's answer-length ratio reads every general-knowledge answer, not the timed dozen."""
+    from injector.evaluate import mean_answer_tokens
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    n = lambda s: len(tok(s, add_special_tokens=False)["input_ids"])  # noqa: E731
+    results = [ProbeResult(Probe(question="q?", answers=("y",), kind=k), answer=a, correct=True)
+               for k, a in (("locality", "paris"), ("locality", "the capital of france is paris"),
+                            ("efficacy", "a much longer answer that is not general knowledge at all"))]
+    mean, count = mean_answer_tokens(tok, results)
+    assert count == 2 and mean == (n("paris") + n("the capital of france is paris")) / 2
+    assert math.isnan(mean_answer_tokens(tok, results, kind="retention")[0])
