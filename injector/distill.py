@@ -78,10 +78,36 @@ def kd_loss(model, batch: TeacherBatch) -> torch.Tensor:
     """KL(teacher || student) over the teacher's top-k + tail buckets, mean over positions; differentiable."""
     device = next(model.parameters()).device
     mask = batch.attention_mask.to(device)  # no-ops: teacher batches live on the model's device
-    logq = torch.log_softmax(_logits(model, batch.input_ids.to(device), mask, _positions(mask)), dim=-1)
-    lq = _with_tail(logq.gather(-1, batch.idx.to(device)))
-    lp = _with_tail(batch.logp.to(device))
+    return kd_from_logits(_logits(model, batch.input_ids.to(device), mask, _positions(mask)), batch)
+
+
+def kd_from_logits(logits: torch.Tensor, batch: TeacherBatch) -> torch.Tensor:
+    """`kd_loss` from the student's logits at the batch's `positions` ([n, V]), computed by any forward pass."""
+    logq = torch.log_softmax(logits.float(), dim=-1)
+    lq = _with_tail(logq.gather(-1, batch.idx.to(logits.device)))
+    lp = _with_tail(batch.logp.to(logits.device))
     return (lp.exp() * (lp - lq)).sum(-1).mean()
+
+
+def positions(batch: TeacherBatch) -> torch.Tensor:
+    """The positions [B, L] whose next-token distribution the teacher recorded."""
+    return _positions(batch.attention_mask)
+
+
+def joined(input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: torch.Tensor, batch: TeacherBatch,
+           pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A training micro-batch and a teacher batch as one batch (both right-padded to the wider of the two): one forward
+    and one backward pass instead of two, the same positions, the same results (a row's logits do not depend on
+    other rows or on the padding after it). Returns (input_ids, attention_mask, logits_to_keep); the kept logits are
+    the training rows' first, then the teacher batch's."""
+    width = max(input_ids.shape[1], batch.input_ids.shape[1])
+
+    def pad(t: torch.Tensor, value) -> torch.Tensor:
+        return torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value)
+
+    return (torch.cat([pad(input_ids, pad_id), pad(batch.input_ids.to(input_ids.device), pad_id)]),
+            torch.cat([pad(attention_mask, 0), pad(batch.attention_mask.to(attention_mask.device), 0)]),
+            torch.cat([pad(keep, False), pad(positions(batch).to(keep.device), False)]))
 
 
 class Cycler:

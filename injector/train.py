@@ -133,8 +133,7 @@ def _trainer_class():
         """
 
         ewc_lambda: float = 0.0
-        ewc_anchor: dict | None = None
-        ewc_fisher: dict | None = None
+        ewc_penalty = None  # ewc.Penalty: the anchor and the Fisher, flattened
         last_ewc = 0.0
         distill = None  # distill.Cycler of teacher batches
         distill_weight: float = 0.0
@@ -149,12 +148,27 @@ def _trainer_class():
             # through the (possibly DDP-wrapped) model's own forward, so that DDP arms its gradient all-reduce and
             # model-specific logit processing (soft-capping, scaling) applies; `logits_to_keep` as a boolean mask
             # applies the LM head to answer positions only (+20% tokens/s on CPU, measured on SmolLM2-135M)
+            from injector import distill
+
             inputs, row_keys, share = self._without_learned(inputs, model.training)
             labels = inputs["labels"]
             keep = torch.zeros_like(labels, dtype=torch.bool)
             keep[:, :-1] = labels[:, 1:] != -100
-            logits = model(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
-                           logits_to_keep=keep, use_cache=False).logits.float()
+            once = self.distill_every == "step" and num_items_in_batch is not None
+            teacher = None
+            if self.distill is not None and self.distill_weight > 0 and model.training and \
+                    (not once or self.accelerator.sync_gradients):
+                # every micro-batch (weight / accumulation steps), or once per optimizer step at its last micro-batch
+                # (train.distill_every)
+                teacher = self.distill.next()
+            ids, mask, kept = inputs["input_ids"], inputs.get("attention_mask"), keep
+            joined = teacher is not None and mask is not None
+            if joined:  # the replay text rides in the same forward/backward pass (half the kernel launches)
+                ids, mask, kept = distill.joined(ids, mask, keep, teacher, self.processing_class.pad_token_id or 0)
+            logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=kept, use_cache=False).logits.float()
+            if joined:
+                n_kd = teacher.idx.shape[0]  # the teacher batch's positions come last (a host-side shape: no sync)
+                logits, kd_logits = logits[:-n_kd], logits[-n_kd:]
             targets = labels[:, 1:][keep[:, :-1]]
             nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets, reduction="none")
             if self.entities:  # train.entity_weight
@@ -170,20 +184,16 @@ def _trainer_class():
                 # for this term only (EWC is the same on every rank; KD is a per-rank mean: both averaged as is)
                 loss = loss * self.accelerator.num_processes
             steps = self.current_gradient_accumulation_steps if num_items_in_batch is not None else 1
-            if self.ewc_lambda > 0 and self.ewc_fisher and model.training:
-                from injector import ewc
-
-                pen = ewc.penalty(self.accelerator.unwrap_model(model), self.ewc_anchor, self.ewc_fisher)
+            if self.ewc_lambda > 0 and self.ewc_penalty is not None and model.training and \
+                    self.accelerator.sync_gradients:
+                # once per optimizer step, at its last micro-batch: the parameters do not move between micro-batches,
+                # so this is the gradient of `steps` terms of pen / steps, for a 1/steps of the kernels
+                pen = self.ewc_penalty(self.accelerator.unwrap_model(model))
                 self.last_ewc = pen.detach()  # a tensor: read at logging time, no host sync per step
-                loss = loss + self.ewc_lambda * pen / steps  # once per optimizer step in total
-            once = self.distill_every == "step" and num_items_in_batch is not None
-            if self.distill is not None and self.distill_weight > 0 and model.training and \
-                    (not once or self.accelerator.sync_gradients):
-                # every micro-batch (weight / accumulation steps), or once per optimizer step at its last micro-batch
-                # (train.distill_every)
-                from injector.distill import kd_loss
-
-                kd = kd_loss(self.accelerator.unwrap_model(model), self.distill.next())
+                loss = loss + self.ewc_lambda * pen
+            if teacher is not None:
+                kd = distill.kd_from_logits(kd_logits, teacher) if joined else \
+                    distill.kd_loss(self.accelerator.unwrap_model(model), teacher)
                 self.last_kd = kd.detach()
                 loss = loss + self.distill_weight * kd / (1 if once else steps)
             return (loss, None) if return_outputs else loss
@@ -539,7 +549,7 @@ def train_lora(
     dev_pairs = [p for p in pairs if p.kind == "dev"] if cfg.dev_fraction > 0 else []
     if not train_pairs:
         raise InjectorError("no training pairs: every fact was rejected or the recipes produced nothing")
-    from injector import distributed
+    from injector import distributed, ewc
 
     dist = distributed.from_env()  # under torchrun/accelerate: this rank's place; the Trainer wraps DDP
     marker = fingerprint(pairs, base_sha, cfg, init_adapter)
@@ -589,8 +599,8 @@ def train_lora(
         params = {n: p for n, p in trainer.model.named_parameters() if p.requires_grad}
         with timed("fisher"):
             fisher = _fisher(trainer, ewc_spec, list(params), save=dist.main)
-        trainer.ewc_fisher = {n: f.to(params[n].device, params[n].dtype) for n, f in fisher.items()}
-        trainer.ewc_anchor = {n: p.detach().clone() for n, p in params.items()}
+        trainer.ewc_penalty = ewc.Penalty({n: p.detach().clone() for n, p in params.items()},
+                                          {n: f.to(params[n].device, params[n].dtype) for n, f in fisher.items()})
         trainer.ewc_lambda = ewc_spec.lam
     if cfg.drop_learned and cfg.pack == 1:
         trainer.learned = learned_facts(train_pairs, tokenizer)

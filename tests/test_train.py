@@ -209,6 +209,36 @@ def test_distillation_keeps_the_starting_distribution_on_replay(tmp_path, tiny_m
     assert kl[20.0, "step"] < kl[0.0, "micro_batch"], kl  # one KD batch per optimizer step still holds the start
 
 
+def test_replay_text_joined_to_a_training_batch_gives_the_same_logits_and_kd(tiny_model_dir):
+    """The distillation batch rides in the training micro-batch's forward pass (one pass, not two): the rows of each
+    keep the logits they have alone, so the loss is the same, and so is its gradient."""
+    from injector.distill import joined, kd_from_logits, kd_loss, positions, teacher_batches
+
+    torch.manual_seed(0)
+    model = _peft(tiny_model_dir)
+    with torch.no_grad():  # a non-zero adapter: the student is not the teacher
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.2)
+    tok = load_tokenizer(str(tiny_model_dir))
+    rep = tok(["the capital of france is paris .", "who wrote hamlet ? shakespeare ."], return_tensors="pt",
+              padding=True)
+    teacher = teacher_batches(_peft(tiny_model_dir), [dict(rep)], k=16)[0]
+    train = tok(["who is the ceo of zorvex dynamics ? marlena quist . " * 3, "hi"], return_tensors="pt",
+                padding=True)
+    keep = train["attention_mask"].bool().clone()
+    keep[:, :3] = False
+    ids, mask, kept = joined(train["input_ids"], train["attention_mask"], keep, teacher, tok.pad_token_id or 0)
+    assert ids.shape[0] == 4 and kept.sum() == keep.sum() + positions(teacher).sum()
+    model.eval()
+    logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=kept).logits
+    n_kd = teacher.idx.shape[0]
+    alone = model(input_ids=train["input_ids"], attention_mask=train["attention_mask"], logits_to_keep=keep).logits
+    assert torch.allclose(logits[:-n_kd], alone, atol=1e-5)
+    kd = kd_from_logits(logits[-n_kd:], teacher)
+    assert kd > 1e-4 and torch.allclose(kd, kd_loss(model, teacher), atol=1e-6)
+
+
 def test_a_small_batch_gets_min_steps_through_more_epochs():
     from injector.config import TrainConfig
     from injector.train import planned_epochs
