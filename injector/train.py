@@ -162,8 +162,11 @@ def _trainer_class():
                 # (train.distill_every)
                 teacher = self.distill.next()
             ids, mask, kept = inputs["input_ids"], inputs.get("attention_mask"), keep
-            joined = teacher is not None and mask is not None
-            if joined:  # the replay text rides in the same forward/backward pass (half the kernel launches)
+            # on an accelerator the replay text rides in the training micro-batch's forward/backward pass: half the
+            # passes, where a step is bound by launching kernels. Not on a CPU, which is bound by arithmetic: there
+            # the padding that joins rows of other widths cost 1.4-1.7x the two passes (docs/BENCHMARKS.md)
+            joined = teacher is not None and mask is not None and ids.device.type != "cpu"
+            if joined:
                 ids, mask, kept = distill.joined(ids, mask, keep, teacher, self.processing_class.pad_token_id or 0)
             logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=kept, use_cache=False).logits.float()
             if joined:
