@@ -24,14 +24,18 @@ def main() -> None:
     from injector.config import load_config
     from injector.home import Home
     from injector.models import load_base, resolve_base
+    from injector.train import _lora_targets
 
-    base = resolve_base(load_config(None).model.base, Home.from_env().ensure().models)
-    model = get_peft_model(load_base(base), LoraConfig(r=16, lora_alpha=32, target_modules="all-linear",
-                                                      lora_dropout=0.05))
+    cfg = load_config(None)
+    lora = cfg.train.lora  # the adapter every night trains
+    base = resolve_base(cfg.model.base, Home.from_env().ensure().models)
+    model = load_base(base)
+    model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                             **_lora_targets(model, lora.target_modules, lora.top_layers)))
     model.train()
     device = next(model.parameters()).device
-    print(f"{base.name} + LoRA r=16 all-linear on {device}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}")
+    print(f"{base.name} + LoRA r={lora.r} ({lora.target_modules}, dropout {lora.dropout}) on {device}, "
+          f"{torch.get_num_threads()} threads, torch {torch.__version__}")
     print("| batch x tokens | s per forward + backward |\n|---|---|")
     for shape in args.shapes.split(","):
         b, t = (int(x) for x in shape.split("x"))
