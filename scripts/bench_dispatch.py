@@ -18,6 +18,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=4)
     ap.add_argument("--shapes", default="1x4,1x8,8x60,16x60", help="batch x tokens, comma-separated")
+    ap.add_argument("--compile", action="store_true", help="torch.compile(dynamic=True) the model first")
     args = ap.parse_args()
     from peft import LoraConfig, get_peft_model
 
@@ -33,6 +34,8 @@ def main() -> None:
     model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                                              **_lora_targets(model, lora.target_modules, lora.top_layers)))
     model.train()
+    if args.compile:
+        model = torch.compile(model, dynamic=True)
     device = next(model.parameters()).device
     print(f"{base.name} + LoRA r={lora.r} ({lora.target_modules}, dropout {lora.dropout}) on {device}, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}")
@@ -40,6 +43,7 @@ def main() -> None:
     for shape in args.shapes.split(","):
         b, t = (int(x) for x in shape.split("x"))
         x = torch.randint(0, 1000, (b, t), device=device)
+        t_first = time.perf_counter()
         for i in range(args.repeats + 1):
             if i == 1:  # the first pass warms up
                 if device.type == "cuda":
@@ -48,7 +52,8 @@ def main() -> None:
             model(input_ids=x, labels=x).loss.backward()
         if device.type == "cuda":
             torch.cuda.synchronize()
-        print(f"| {b} x {t} | {(time.perf_counter() - t0) / args.repeats:.3f} |")
+        print(f"| {b} x {t} | {(time.perf_counter() - t0) / args.repeats:.3f} | first {t0 - t_first:.1f} |",
+              flush=True)
 
 
 if __name__ == "__main__":
