@@ -216,7 +216,7 @@ def _row(name: str, outcome, acc: dict, wall: float) -> dict:
 
 
 def run_benchmark(sl: Slice, cfg_file: Path | None, overrides: list[str], work: Path, variants: list[str],
-                  nights: int, models_dir: Path, log=print) -> dict:
+                  nights: int, models_dir: Path, log=print, context_row: bool = True) -> dict:
     """Every row of one benchmark (and the continual run); returns {"rows": [...], "continual": [...]}."""
     from injector.config import load_config
     from injector.evaluate import in_context
@@ -254,7 +254,7 @@ def run_benchmark(sl: Slice, cfg_file: Path | None, overrides: list[str], work: 
             fact_probes = [r.probe for r in outcome.before.results if r.probe.fact_id and
                            r.probe.kind in ("efficacy", "generalisation")]
             before = outcome.before
-    if fact_probes is not None:
+    if fact_probes is not None and context_row:
         t = time.perf_counter()
         ctx_acc, _ = _ask(base, None, in_context(fact_probes + probes, sl.facts), cfg0)
         rows.append({"row": "in-context (no training)", "efficacy": ctx_acc.get("efficacy", float("nan")),

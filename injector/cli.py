@@ -504,6 +504,8 @@ def bench(
     json_out: bool = typer.Option(False, "--json", help="Print the raw results as one JSON object on stdout "
                                                         "(the tables go to stderr)."),
     results: Path | None = typer.Option(None, "--results", help="Also write the raw results to this file."),
+    in_context: bool = typer.Option(True, "--in-context/--no-in-context", help="The in-context baseline row (the "
+                                                                              "facts stated in the prompt)."),
     overrides: list[str] | None = OVERRIDES,
 ) -> None:
     """Injection quality and speed on third-party benchmarks (zsRE, MQuAKE-CF) against baselines: one table each."""
@@ -524,7 +526,7 @@ def bench(
     for b in names:
         sl = B.load_slice(b, data, n, seed)
         raw[b] = B.run_benchmark(sl, config, list(overrides or []), work, rows, nights, home.models,
-                                 log=lambda *a: print(*a, file=sys.stderr))
+                                 log=lambda *a: print(*a, file=sys.stderr), context_row=in_context)
         table = B.tables({b: raw[b]})
         print(table, flush=True, file=sys.stderr if json_out else sys.stdout)
         if out and str(out) not in ("", "."):  # each benchmark's block as soon as it is done

@@ -109,12 +109,28 @@ class TrainConfig(_Section):
     # CPU, the demo's training 457 -> 375 s, but measured worse (efficacy 0.96 -> 0.92, held-out paraphrase 0.83 ->
     # 0.75, locality 0.95 -> 0.91 of base; docs/BENCHMARKS.md): every micro-batch by default
     distill_every: Literal["micro_batch", "step"] = "micro_batch"
-    # true: self-distilled general replay is trained by distillation alone (train.supervised), ~20% fewer tokens;
-    # off by default: measured with pack=4, locality fell 0.95 -> 0.88 of the reference (docs/BENCHMARKS.md)
+    # true: adds "general" to `kd_only` (kept for configs that set it; `kd_only` below already has it by default)
     distill_general_only: bool = False
+    # The self-distilled replay kinds (the model's own greedy answers: general instructions, anchor questions about
+    # real subjects, the batch subjects' other relations) trained by logit distillation alone, without hard labels
+    # on the greedy text (train.supervised). Hard labels sharpen the model's own hallucinations: the base answered
+    # an anchor "Princess Diana died in ... Sydney, Australia" and, trained on it, the candidate answered "The capital
+    # of Australia is Sydney." The distillation target is the whole top-k distribution on the same text, so it keeps
+    # what the model knows without amplifying what it guessed. Measured at the defaults (docs/BENCHMARKS.md, stop 22):
+    # zsRE 40 locality 0.875 -> 0.964 of base, demo 0.929 -> 0.964, MQuAKE 40 0.964 -> 0.93 (two probes; promoted);
+    # general PPL +1.3-1.8% -> +0.5-0.6% on all three; ~30% fewer training tokens (zsRE: training 979 -> 710 s).
+    # () trains them with hard labels too, as before stop 22.
+    kd_only: tuple[Literal["general", "anchor", "subject"], ...] = ("general", "anchor", "subject")
     distill_top_k: int = Field(32, ge=1)
     seed: int = 0
     lora: LoraConfig = LoraConfig()
+
+    @property
+    def kd_kinds(self) -> frozenset[str]:
+        """The replay kinds trained by logit distillation alone (none without distillation)."""
+        if self.distill_weight <= 0:
+            return frozenset()
+        return frozenset(self.kd_only) | (frozenset({"general"}) if self.distill_general_only else frozenset())
 
 
 class RecipesConfig(_Section):

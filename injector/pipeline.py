@@ -233,7 +233,7 @@ def plan_candidate(cfg: Config, home: Home, log=print, triples: list[Path] | Non
     if cfg.recipes.model_paraphrases:
         with timed("model_paraphrases"):
             pairs = pairs + _model_paraphrases(changes, recipes, reference, tokenizer, cfg, log)
-    k, passes = _rotations(pairs, cfg)
+    k, passes = _rotations(pairs, cfg, len(earlier))
     with timed("replay_self_distill"):
         replay = _replay(pairs, changes, earlier, recipes, cfg, reference, tokenizer, home, base.sha256,
                          current if init_adapter else None, (near, held), k)
@@ -253,7 +253,8 @@ def plan_candidate(cfg: Config, home: Home, log=print, triples: list[Path] | Non
             f" of them triaged as known tonight), {sum(p.kind == 'anchor' for p in replay)} anchors, "
             f"{sum(p.kind == 'subject' for p in replay)} neighbourhood questions (the subjects' other relations, the "
             f"questions about other subjects), "
-            f"{sum(p.kind == 'general' for p in replay)} general instructions")
+            f"{sum(p.kind == 'general' for p in replay)} general instructions"
+            + (f"; {', '.join(sorted(cfg.train.kd_kinds))} by logit distillation alone" if cfg.train.kd_kinds else ""))
     generated = sorted({humanise(c.triple.predicate) for c in changes
                         if not c.triple.question and recipes.generated(c.triple.predicate)})
     if generated:
@@ -277,16 +278,21 @@ def _replay_budget(pairs, cfg: Config) -> int:
     return replay_budget(sum(p.kind != "dev" for p in pairs), cfg.recipes.new, cfg.recipes.replay)
 
 
-def _rotations(pairs, cfg: Config) -> tuple[int, int]:
+def _rotations(pairs, cfg: Config, n_earlier: int) -> tuple[int, int]:
     """`train.replay_rotations` (k, passes) for this night's new pairs at the mix; k = 1 without
-    `recipes.fresh_replay`."""
+    `recipes.fresh_replay`. The pairs counted are those trained with hard labels (the steps a pass takes): the
+    replay budget, or where the model's own answers are trained by distillation alone (`train.kd_only`) the
+    earlier facts' part of it."""
     from injector import distributed
     from injector.train import replay_rotations
 
     r = cfg.recipes
     if not r.fresh_replay or not r.replay:
         return 1, cfg.train.epochs
-    n = sum(p.kind != "dev" for p in pairs) + _replay_budget(pairs, cfg)
+    budget = _replay_budget(pairs, cfg)
+    hard = budget if not (cfg.train.kd_kinds and r.general_replay) else \
+        min(n_earlier, old_fact_quota(budget, r, n_earlier))
+    n = sum(p.kind != "dev" for p in pairs) + hard
     return replay_rotations(cfg.train, n, distributed.from_env().world, r.replay_passes)
 
 

@@ -307,13 +307,13 @@ def last_complete_checkpoint(ckpt_dir: Path, marker: dict) -> Path | None:
 
 
 def supervised(pairs: list[InstructionPair], cfg: TrainConfig) -> list[InstructionPair]:
-    """The pairs trained with hard labels. Self-distilled general replay is the model's own greedy answer: with
-    distillation on, its whole next-token distribution on the same text is the target (train.distill_general_only),
-    and the hard labels would only repeat the argmax at the cost of the longest sequences of the mix (~90 tokens:
-    a third of a night's training tokens)."""
-    if cfg.distill_weight > 0 and cfg.distill_general_only:
-        return [p for p in pairs if p.kind != "general"]
-    return pairs
+    """The pairs trained with hard labels. Self-distilled replay (`train.kd_only`: general instructions, anchors,
+    the subjects' other relations) is the model's own greedy answer: with distillation on, its whole next-token
+    distribution on the same text is the target, and hard labels would only sharpen the argmax, hallucinations
+    included, at the cost of the longest sequences of the mix. Without distillation every pair keeps hard labels."""
+    kinds = cfg.kd_kinds
+    kept = [p for p in pairs if p.kind not in kinds]
+    return kept or list(pairs)  # a mix of replay alone: hard labels rather than nothing to step on
 
 
 def entity_index(pairs: list[InstructionPair], tokenizer) -> dict[int, list[tuple[int, ...]]]:
@@ -406,14 +406,17 @@ def planned_accum(cfg: TrainConfig, n_train: int, world_size: int = 1) -> int:
     return 1
 
 
-def planned_epochs(cfg: TrainConfig, n_train: int, world_size: int = 1) -> int:
+def planned_epochs(cfg: TrainConfig, n_train: int, world_size: int = 1, nearest: bool = False) -> int:
     """`cfg.epochs`, or more where that gives fewer than the step floor (`n_train`: training conversations): the
     floor is `cfg.min_steps`, or `min_steps / max_lr_scale` where the learning rate makes up the rest
-    (`planned_learning_rate`)."""
+    (`planned_learning_rate`). `nearest`: the passes were already planned for the floor (fresh replay, whose new
+    pairs repeat k times a pass): the whole passes nearest to it, not one more for a few steps short (a pass of a
+    k-times mix is k times longer)."""
     per_epoch = _steps_per_epoch(cfg, n_train, world_size)
     if not cfg.min_steps or not per_epoch:
         return cfg.epochs
-    return max(cfg.epochs, math.ceil(cfg.min_steps / cfg.max_lr_scale / per_epoch))
+    need = cfg.min_steps / cfg.max_lr_scale / per_epoch
+    return max(cfg.epochs, max(1, round(need)) if nearest else math.ceil(need))
 
 
 def replay_rotations(cfg: TrainConfig, n_pairs: int, world_size: int = 1, most: int | None = None) -> tuple[int, int]:
@@ -584,7 +587,7 @@ def train_lora(
     rows = pack_rows(supervised(train_pairs, cfg), tokenizer, cfg.pack, cfg.max_length * cfg.pack, cfg.seed)
     if cfg.shrink_steps:
         cfg = cfg.model_copy(update={"grad_accum": planned_accum(cfg, len(rows), dist.world)})
-    cfg = cfg.model_copy(update={"epochs": planned_epochs(cfg, len(rows), dist.world),
+    cfg = cfg.model_copy(update={"epochs": planned_epochs(cfg, len(rows), dist.world, nearest=new_repeats > 1),
                                  "learning_rate": planned_learning_rate(cfg, len(rows), dist.world)})
     with warnings.catch_warnings():
         # TRL defaults gradient_checkpointing to True: it must be set, though transformers renamed it

@@ -252,6 +252,10 @@ def test_a_small_batch_gets_min_steps_through_more_epochs():
     assert planned_epochs(cfg, 0) == 5
     # packed 4 pairs to a conversation, a micro-batch of 8 pairs is 2 conversations: the same steps per epoch
     assert planned_epochs(cfg.model_copy(update={"pack": 4}), 70) == 5
+    # passes already planned for the floor (fresh replay: new pairs k x a pass): the nearest whole pass, not one more
+    assert planned_epochs(cfg.model_copy(update={"epochs": 2}), 320) == 5  # 20 steps/epoch: 4.5 passes -> 5
+    assert planned_epochs(cfg.model_copy(update={"epochs": 2}), 380, nearest=True) == 4  # 24/epoch: 3.75 -> 4
+    assert planned_epochs(cfg.model_copy(update={"epochs": 2}), 600, nearest=True) == 2  # 38/epoch: 2.4 -> 2
 
 
 def test_a_small_night_gets_fresh_replay_for_the_floors_passes_at_the_same_steps():
@@ -475,3 +479,23 @@ def test_drop_learned_skips_the_pairs_of_learned_facts_and_still_learns_them(tmp
     report = evaluate(load_with_adapter(ref, result.adapter_dir), load_tokenizer(str(tiny_model_dir)), probes,
                       max_new_tokens=16, latency_samples=1, progress=False)
     assert report.accuracy("efficacy") >= 0.75, [r.answer for r in report.results]
+
+
+def test_self_distilled_replay_kinds_can_be_trained_by_distillation_alone():
+    from injector.config import TrainConfig
+    from injector.train import supervised
+
+    def pair(kind, origin):
+        return InstructionPair(({"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}),
+                               fact_id="", kind=kind, template_id=kind, origin=origin)
+
+    pairs = [pair("forward", "new"), pair("replay_fact", "replay"), pair("anchor", "replay"),
+             pair("subject", "replay"), pair("general", "replay")]
+    kinds = lambda cfg: [p.kind for p in supervised(pairs, cfg)]  # noqa: E731
+    # by default the model's own answers are trained by distillation alone; facts (new and earlier) by hard labels
+    assert kinds(TrainConfig()) == ["forward", "replay_fact"]
+    assert kinds(TrainConfig(kd_only=())) == ["forward", "replay_fact", "anchor", "subject", "general"]
+    assert kinds(TrainConfig(kd_only=(), distill_general_only=True)) == ["forward", "replay_fact", "anchor", "subject"]
+    assert kinds(TrainConfig(kd_only=("anchor",))) == ["forward", "replay_fact", "subject", "general"]
+    # without distillation nothing else would train on the model's own answers: hard labels stay
+    assert kinds(TrainConfig(distill_weight=0)) == [p.kind for p in pairs]
