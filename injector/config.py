@@ -48,6 +48,10 @@ class LoraConfig(_Section):
     top_layers: float = Field(1.0, gt=0, le=1)
 
 
+# replay kinds whose answers are the model's own (replay.distilled_pairs)
+SELF_DISTILLED = ("general", "anchor", "subject")
+
+
 class TrainConfig(_Section):
     # The defaults are the measured demo runs (docs/BENCHMARKS.md runs 2-11: SmolLM2-135M, 24 fresh facts):
     # a fresh fact in short-answer form needs a high LoRA rate; 1e-3 x 5 epochs learned every fact where 3e-4 x 6
@@ -120,7 +124,7 @@ class TrainConfig(_Section):
     # zsRE 40 locality 0.875 -> 0.964 of base, demo 0.929 -> 0.964, MQuAKE 40 0.964 -> 0.93 (two probes; promoted);
     # general PPL +1.3-1.8% -> +0.5-0.6% on all three; ~30% fewer training tokens (zsRE: training 979 -> 710 s).
     # () trains them with hard labels too, as before stop 22.
-    kd_only: tuple[Literal["general", "anchor", "subject"], ...] = ("general", "anchor", "subject")
+    kd_only: tuple[Literal["general", "anchor", "subject"], ...] = SELF_DISTILLED
     distill_top_k: int = Field(32, ge=1)
     seed: int = 0
     lora: LoraConfig = LoraConfig()

@@ -289,9 +289,12 @@ def _rotations(pairs, cfg: Config, n_earlier: int) -> tuple[int, int]:
     r = cfg.recipes
     if not r.fresh_replay or not r.replay:
         return 1, cfg.train.epochs
+    from injector.config import SELF_DISTILLED
+
     budget = _replay_budget(pairs, cfg)
-    hard = budget if not (cfg.train.kd_kinds and r.general_replay) else \
-        min(n_earlier, old_fact_quota(budget, r, n_earlier))
+    # every self-distilled kind by distillation alone: only the earlier facts' part of the budget makes rows
+    kd_all = r.general_replay and cfg.train.kd_kinds >= set(SELF_DISTILLED)
+    hard = min(n_earlier, old_fact_quota(budget, r, n_earlier)) if kd_all else budget
     n = sum(p.kind != "dev" for p in pairs) + hard
     return replay_rotations(cfg.train, n, distributed.from_env().world, r.replay_passes)
 
