@@ -72,10 +72,13 @@ class TrainConfig(_Section):
     max_lr_scale: float = Field(1.0, ge=1, le=4)
     batch_size: int = Field(8, ge=1)
     grad_accum: int = Field(2, ge=1)  # effective batch 16 (the measured runs)
-    # true: a small night reaches `min_steps` with smaller optimizer steps (grad_accum lowered, train.planned_accum)
-    # instead of more passes: half the tokens of a 12-fact night (482 s instead of ~830 s), but measured worse
-    # (held-out paraphrase 1.00 -> 0.83, locality 0.86 -> 0.75 of base; docs/BENCHMARKS.md): off by default
-    shrink_steps: bool = False
+    # a night short of `min_steps` reaches the floor with smaller optimizer steps (fewer pairs a step,
+    # train.planned_step) in `epochs` passes, instead of more passes (fresh replay) at full-size steps. Measured
+    # (docs/BENCHMARKS.md, stop 23): a 10-fact second night 812 -> 429 s (31.7k train tokens, not 81k), the demo
+    # 961 -> 787 s, both promoted with the same gate table within a probe; the 5-night MQuAKE continual run:
+    # every night promoted, batch-1 accuracy 0.85 after night 5 (0.95 at full-size steps in stop 20, before
+    # distillation-only replay). false: full-size steps, more passes
+    shrink_steps: bool = True
     max_length: int = Field(128, ge=16)  # per pair: a fact pair is ~40-70 tokens with the chat template
     # pairs of different facts per training conversation (train.pack_rows): the template's prefix is paid once per
     # conversation, not per pair; `batch_size` still counts pairs, so the optimizer steps per epoch are unchanged.
@@ -168,6 +171,11 @@ class RecipesConfig(_Section):
     # default until measured to help: on 40 zsRE facts it took locality 0.875 -> 0.893 of base (one probe of 57)
     # for +13% optimizer steps (docs/BENCHMARKS.md); 0.5 turns it on
     subject_share: float = Field(0.0, ge=0, le=1)
+    # on top of the mix: the batch's objects asked the relations their relation names for them (`object_relations`
+    # in relations.<lang>.yaml: a citizenship's country asked its capital, language, continent; replay.object_prompts)
+    # in the model's own answers, by distillation alone, at most this share of the replay budget. The locality
+    # probes' own (relation, object) pairs are left out, so they measure what this does not train
+    object_share: float = Field(0.0, ge=0, le=1)
     # the current model rephrases each new fact's question and a usable rephrasing (one question, naming the subject,
     # not giving the answer, not a recipe phrasing) is trained too: the seed's self-generated augmentation, for base
     # models that can rephrase. Off by default: SmolLM2-135M answers instead of rephrasing (0 of 12 replies usable;

@@ -165,6 +165,7 @@ class Plan:
     triples: tuple[str, ...] = ()
     new_repeats: int = 1  # the new pairs per pass, beside a replay pool that many times the mix's (fresh_replay)
     passes: int | None = None  # over the night's rows (new pairs repeated); None: train.epochs
+    step: tuple[int, int] | None = None  # (batch_size, grad_accum) planned (train.night_step); None: the config's
 
 
 def plan_candidate(cfg: Config, home: Home, log=print, triples: list[Path] | None = None,
@@ -233,10 +234,11 @@ def plan_candidate(cfg: Config, home: Home, log=print, triples: list[Path] | Non
     if cfg.recipes.model_paraphrases:
         with timed("model_paraphrases"):
             pairs = pairs + _model_paraphrases(changes, recipes, reference, tokenizer, cfg, log)
-    k, passes = _rotations(pairs, cfg, len(earlier))
+    k, passes, step, draws = _rotations(pairs, cfg, len(earlier))
     with timed("replay_self_distill"):
         replay = _replay(pairs, changes, earlier, recipes, cfg, reference, tokenizer, home, base.sha256,
-                         current if init_adapter else None, (near, held), k)
+                         current if init_adapter else None, (near, held), k,
+                         tuple(p.question for p in probes if p.kind == "locality"), _kd_pool(cfg, draws))
     # the pools may hold fewer prompts than k budgets: the new pairs repeat as often as the replay was drawn, over
     # the same k x passes exposures
     once = _replay_budget(pairs, cfg)
@@ -252,7 +254,7 @@ def plan_candidate(cfg: Config, home: Home, log=print, triples: list[Path] | Non
         log(f"replay: {len(old)} earlier facts ({sum(p.fact_id in known_ids for p in old)}"
             f" of them triaged as known tonight), {sum(p.kind == 'anchor' for p in replay)} anchors, "
             f"{sum(p.kind == 'subject' for p in replay)} neighbourhood questions (the subjects' other relations, the "
-            f"questions about other subjects), "
+            f"questions about other subjects, the objects' relations), "
             f"{sum(p.kind == 'general' for p in replay)} general instructions"
             + (f"; {', '.join(sorted(cfg.train.kd_kinds))} by logit distillation alone" if cfg.train.kd_kinds else ""))
     generated = sorted({humanise(c.triple.predicate) for c in changes
@@ -268,7 +270,8 @@ def plan_candidate(cfg: Config, home: Home, log=print, triples: list[Path] | Non
     with timed("reference_ppl"):
         before = replace(before, extra=_measure(reference, tokenizer, cfg, home, statements, ref_key))
     return Plan(tuple(changes), tuple(pairs), tuple(probes), tuple(statements), base, current, init_adapter, before,
-                _run_dir(home, resume), tuple(map(str, triples or ())), rotations, passes)
+                _run_dir(home, resume), tuple(map(str, triples or ())), rotations, passes,
+                step)
 
 
 def _replay_budget(pairs, cfg: Config) -> int:
@@ -278,25 +281,40 @@ def _replay_budget(pairs, cfg: Config) -> int:
     return replay_budget(sum(p.kind != "dev" for p in pairs), cfg.recipes.new, cfg.recipes.replay)
 
 
-def _rotations(pairs, cfg: Config, n_earlier: int) -> tuple[int, int]:
-    """`train.replay_rotations` (k, passes) for this night's new pairs at the mix; k = 1 without
-    `recipes.fresh_replay`. The pairs counted are those trained with hard labels (the steps a pass takes): the
-    replay budget, or where the model's own answers are trained by distillation alone (`train.kd_only`) the
-    earlier facts' part of it."""
+def _rotations(pairs, cfg: Config, n_earlier: int) -> tuple[int, int, tuple[int, int], int]:
+    """(k, passes, step, draws): `train.replay_rotations` for this night's new pairs at the mix (k = 1 without
+    `recipes.fresh_replay`), in optimizer steps of `train.night_step` (batch_size, grad_accum: with
+    `train.shrink_steps` a small night reaches the step floor with smaller steps first), and the replay sequences
+    the training will distil (`train.planned_steps` x micro-batches a step x `distill_batch_size`). The pairs
+    counted are those trained with hard labels (the steps a pass takes): the replay budget, or where the model's own
+    answers are trained by distillation alone (`train.kd_only`) the earlier facts' part of it."""
     from injector import distributed
-    from injector.train import replay_rotations
-
-    r = cfg.recipes
-    if not r.fresh_replay or not r.replay:
-        return 1, cfg.train.epochs
     from injector.config import SELF_DISTILLED
+    from injector.train import night_step, planned_steps, replay_rotations
 
-    budget = _replay_budget(pairs, cfg)
+    r, world = cfg.recipes, distributed.from_env().world
+    budget = _replay_budget(pairs, cfg) if r.replay else 0
     # every self-distilled kind by distillation alone: only the earlier facts' part of the budget makes rows
     kd_all = r.general_replay and cfg.train.kd_kinds >= set(SELF_DISTILLED)
-    hard = min(n_earlier, old_fact_quota(budget, r, n_earlier)) if kd_all else budget
+    hard = min(n_earlier, old_fact_quota(budget, r, n_earlier)) if kd_all and budget else budget
     n = sum(p.kind != "dev" for p in pairs) + hard
-    return replay_rotations(cfg.train, n, distributed.from_env().world, r.replay_passes)
+    batch, accum = step = night_step(cfg.train, n, world)
+    sized = cfg.train.model_copy(update={"batch_size": batch, "grad_accum": accum})
+    k, passes = replay_rotations(sized, n, world, r.replay_passes) if r.fresh_replay and r.replay else (1, None)
+    steps = planned_steps(sized, n * k, world, passes, nearest=k > 1)
+    return k, passes or cfg.train.epochs, step, steps * accum * cfg.train.distill_batch_size * world
+
+
+def _kd_pool(cfg: Config, draws: int) -> int:
+    """The self-distilled replay prompts a night needs where they are trained by distillation alone: the
+    sequences its training distils (`draws`) over `train.epochs` passes, so that no prompt is distilled much more
+    than a new pair is trained. The mix's share alone gave a 6-fact night in smaller steps 7 prompts for 180
+    draws (MQuAKE continual night 5: locality 0.891 of the champion). 0 where they make training rows."""
+    from injector.config import SELF_DISTILLED
+
+    if not cfg.recipes.general_replay or not cfg.train.kd_kinds >= set(SELF_DISTILLED):
+        return 0
+    return math.ceil(draws / cfg.train.epochs)
 
 
 TRIAGE_KINDS = ("efficacy", "generalisation", "changed")
@@ -378,7 +396,8 @@ def train_candidate(plan: Plan, cfg: Config, home: Home, run_id: str, resume: bo
         if cfg.train.ewc_lambda > 0 else None  # first run: anchored at the zero-init adapter (the base)
     order = {"pairs": list(plan.pairs), "base_path": plan.base.path, "out_dir": plan.run_dir, "cfg": cfg.train,
              "init_adapter": plan.init_adapter, "quantization": cfg.model.quantization, "ewc_spec": ewc_spec,
-             "base_sha": plan.base.sha256, "resume": resume, "new_repeats": plan.new_repeats, "epochs": plan.passes}
+             "base_sha": plan.base.sha256, "resume": resume, "new_repeats": plan.new_repeats, "epochs": plan.passes,
+             "step": plan.step}
     if distributed.from_env().multi:
         distributed.broadcast(order)
     return train_lora(**order, sink=lambda m, step: registry.log_metrics(run_id, m, step))
@@ -699,11 +718,14 @@ def _subject_neighbourhood(changes, earlier, recipes, cfg: Config) -> tuple[dict
 
 
 def _replay(pairs, changes, earlier, recipes, cfg: Config, model, tokenizer, home: Home, base_sha: str,
-            adapter_version: str | None, subjects: tuple[dict, dict] = ({}, {}), rotations: int = 1) -> list:
+            adapter_version: str | None, subjects: tuple[dict, dict] = ({}, {}), rotations: int = 1,
+            exclude: tuple[str, ...] = (), kd_pool: int = 0) -> list:
     """Replay for a new:replay mix: earlier facts (up to their share), anchors in the batch's relations (every
     relation for question-answer facts; up to their share), self-distilled general instructions for the rest; and on
     top, each subject of the batch asked one of its other relations, each question-answer fact's question asked about
-    a real subject. Prompts are answered by the current model. The budget is the mix's times `rotations`."""
+    a real subject, each real object of the batch asked its own relations (`exclude`: questions they must not
+    ask). Prompts are answered by the current model. The budget is the mix's times `rotations`; the anchors and
+    general instructions together at least `kd_pool` (`_kd_pool`)."""
     import random
 
     from injector.replay import (
@@ -714,6 +736,7 @@ def _replay(pairs, changes, earlier, recipes, cfg: Config, model, tokenizer, hom
         load_prompts,
         model_key,
         neighbourhood,
+        object_prompts,
         old_fact_pairs,
         question_swap_prompts,
         self_distill,
@@ -729,6 +752,7 @@ def _replay(pairs, changes, earlier, recipes, cfg: Config, model, tokenizer, hom
     n_old = old_fact_quota(budget, r, neighbourhood(earlier, batch, recipes) if r.replay_neighbours else 0)
     old = old_fact_pairs(earlier, recipes, n_old, rng, batch)
     rest = budget - min(len(old), round(budget * r.old_fact_share))  # neighbours beyond the share take no part
+    rest = max(rest, kd_pool)
     if rest <= 0 or not r.general_replay:
         return old
     known = load_anchors(cfg.content_path(r.dir) / f"anchors.{r.language}.yaml")
@@ -742,6 +766,9 @@ def _replay(pairs, changes, earlier, recipes, cfg: Config, model, tokenizer, hom
     cap = round(budget * r.subject_share)
     subject = subject_prompts(*subjects, recipes, min(len(subjects[0]), cap), rng)
     subject += question_swap_prompts(batch, known, recipes, cap - len(subject), rng)
+    # and the batch's real objects asked their own relations (a new citizenship's country: its capital, language),
+    # at most `object_share` of the budget, the locality probes' (relation, object) left out
+    subject += object_prompts(batch, recipes, [*earlier, *batch], exclude, round(budget * r.object_share), rng)
     cache = home.cache / f"distill-{model_key(base_sha, adapter_version)}.jsonl"
     answers = self_distill(model, tokenizer, subject + anchors + general, cache, r.distill_max_new_tokens,
                            cfg.eval.batch_size)

@@ -29,6 +29,9 @@ class Relation:
     reverse: tuple[str, ...] = ()
     reverse_probes: tuple[str, ...] = ()
     single_valued: bool = False
+    # relations asked of this relation's objects (citizenship -> the country's capital, language, continent): what
+    # an edit that names a real object puts at risk besides its subject (replay.object_prompts)
+    object_relations: tuple[str, ...] = ()
 
 
 _PREPOSITIONS = {"in", "of", "for", "at", "by", "on", "to", "with", "from", "into", "as", "under", "within"}
@@ -91,7 +94,8 @@ def humanise(predicate: str) -> str:
 
 
 def _relation(name: str, spec: dict, where: str) -> Relation:
-    unknown = set(spec) - {"questions", "probes", "statement", "reverse", "reverse_probes", "single_valued"}
+    unknown = set(spec) - {"questions", "probes", "statement", "reverse", "reverse_probes", "single_valued",
+                           "object_relations"}
     if unknown:
         raise InjectorError(f"{where}: relation {name!r}: unknown key {sorted(unknown)[0]!r}")
     for key in ("questions", "probes", "statement"):
@@ -110,6 +114,7 @@ def _relation(name: str, spec: dict, where: str) -> Relation:
         reverse=tuple(spec.get("reverse", ())),
         reverse_probes=tuple(spec.get("reverse_probes", ())),
         single_valued=bool(spec.get("single_valued", False)),
+        object_relations=tuple(normalise_predicate(r) for r in spec.get("object_relations", ())),
     )
 
 
@@ -127,6 +132,10 @@ def load_recipes(directory: Path, language: str = "en") -> Recipes:
     }
     if "generic" not in rel:
         raise InjectorError(f"{rel_file}: missing the 'generic' fallback relation")
+    for r in relations.values():
+        for o in r.object_relations:
+            if o not in relations:
+                raise InjectorError(f"{rel_file}: relation {r.name!r}: object_relations: unknown relation {o!r}")
     quota = {k: 0 for k in KINDS} | (mix.get("quota") or {})
     unknown = set(quota) - set(KINDS)
     if unknown:

@@ -292,6 +292,39 @@ def question_swap_prompts(batch, anchors: dict[str, list[str]], recipes: Recipes
     return out
 
 
+def object_prompts(batch, recipes: Recipes, stated, exclude: list[str], n: int,
+                   rng: random.Random) -> list[tuple[str, str]]:
+    """Up to `n` questions about the batch's objects in the relations their relation names for them
+    (`object_relations`: a new citizenship's country asked its capital, language, continent), in the trained
+    templates, round-robin over objects; the current model answers them itself. "X is a citizen of Ireland" puts
+    Ireland's own facts at risk (after such edits the embedded model answered Ireland's capital in prose about
+    Ireland, and other capitals in the country's language). Left out: what the batch or the ledger (`stated`)
+    states about the object, and any (relation, object) that a question in `exclude` (the locality probes) asks,
+    so that those stay held out."""
+    have = {(recipes.canonical(t.predicate), t.subject.lower()) for t in stated if not t.question}
+    everything = {name: [] for name in recipes.relations}
+    asked = list(exclude)
+    by_object: dict[str, list[tuple[str, str]]] = {}
+    for t in batch:
+        if t.question or not t.object.strip():
+            continue
+        obj = t.object.strip()
+        if obj in by_object:
+            continue
+        items = []
+        for name in recipes.relation(t.predicate).object_relations:
+            if (name, obj.lower()) in have or any(
+                    obj.lower() in q.lower() and closest_relation(q, obj, everything, recipes) == name for q in asked):
+                continue
+            rel = recipes.relation(name)
+            qi = rng.randrange(len(rel.questions))
+            items.append((f"object:{name}:{obj}:{qi}", _fill(rel.questions[qi], Triple(obj, name, ""))))
+        rng.shuffle(items)
+        if items:
+            by_object[obj] = items
+    return _round_robin(by_object, n)
+
+
 def neighbourhood_probes(batch, held: dict[str, str], recipes: Recipes) -> list[Probe]:
     """One held-out question per subject in a sibling relation no training pair asks (`held_out_relations`), in the
     relation's held-out phrasing: correct while the answer does not carry the subject's new object(s) over."""

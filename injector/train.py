@@ -396,14 +396,30 @@ def sequences_per_batch(cfg: TrainConfig) -> int:
     return max(1, math.ceil(cfg.batch_size / cfg.pack))
 
 
-def planned_accum(cfg: TrainConfig, n_train: int, world_size: int = 1) -> int:
-    """`cfg.grad_accum`, lowered (down to 1) where `cfg.epochs` passes would give fewer than `cfg.min_steps` optimizer
-    steps: a small night reaches the step floor with smaller optimizer steps instead of more passes over its data
-    (10 facts: 6 passes instead of 12, half the tokens)."""
-    for accum in range(cfg.grad_accum, 1, -1):
-        if _steps_per_epoch(cfg, n_train, world_size, accum) * cfg.epochs >= cfg.min_steps:
-            return accum
-    return 1
+def planned_step(cfg: TrainConfig, n_train: int, world_size: int = 1) -> tuple[int, int]:
+    """(batch_size, grad_accum): the config's, or on a night whose `cfg.epochs` passes give fewer than `cfg.min_steps`
+    optimizer steps, the largest step (pairs per micro-batch x micro-batches, each at most the config's) whose
+    `epochs` passes still reach the floor. The floor's steps then take `epochs` passes over the data instead of more
+    passes at full-size steps (a 10-fact night: ~5 pairs a step, 5 passes, instead of 16 a step over 12 passes).
+    The floor is `min_steps / max_lr_scale`, as in `planned_epochs`. Ties go to fewer micro-batches."""
+    floor = cfg.min_steps / cfg.max_lr_scale  # the rest made up by the rate (planned_learning_rate)
+    if not floor or not n_train or _steps_per_epoch(cfg, n_train, world_size) * cfg.epochs >= floor:
+        return cfg.batch_size, cfg.grad_accum
+    best = 1, 1
+    for accum in range(1, cfg.grad_accum + 1):
+        for batch in range(1, cfg.batch_size + 1):
+            c = cfg.model_copy(update={"batch_size": batch, "grad_accum": accum})
+            if _steps_per_epoch(c, n_train, world_size) * cfg.epochs >= floor and batch * accum > best[0] * best[1]:
+                best = batch, accum
+    return best
+
+
+def night_step(cfg: TrainConfig, n_pairs: int, world_size: int = 1) -> tuple[int, int]:
+    """(batch_size, grad_accum) of a night of `n_pairs` training pairs: `planned_step` with `cfg.shrink_steps`,
+    else the config's."""
+    if not cfg.shrink_steps:
+        return cfg.batch_size, cfg.grad_accum
+    return planned_step(cfg, math.ceil(n_pairs / cfg.pack), world_size)
 
 
 def planned_epochs(cfg: TrainConfig, n_train: int, world_size: int = 1, nearest: bool = False) -> int:
@@ -417,6 +433,14 @@ def planned_epochs(cfg: TrainConfig, n_train: int, world_size: int = 1, nearest:
         return cfg.epochs
     need = cfg.min_steps / cfg.max_lr_scale / per_epoch
     return max(cfg.epochs, max(1, round(need)) if nearest else math.ceil(need))
+
+
+def planned_steps(cfg: TrainConfig, n_train: int, world_size: int = 1, epochs: int | None = None,
+                  nearest: bool = False) -> int:
+    """The optimizer steps a training of `n_train` conversations takes: `planned_epochs` (from `epochs` passes, or
+    `cfg.epochs`) x the steps of one pass."""
+    c = cfg.model_copy(update={"epochs": epochs}) if epochs else cfg
+    return planned_epochs(c, n_train, world_size, nearest) * _steps_per_epoch(c, n_train, world_size)
 
 
 def replay_rotations(cfg: TrainConfig, n_pairs: int, world_size: int = 1, most: int | None = None) -> tuple[int, int]:
@@ -536,10 +560,12 @@ def train_lora(
     resume: bool = False,
     new_repeats: int = 1,
     epochs: int | None = None,
+    step: tuple[int, int] | None = None,
 ) -> TrainResult:
     """Fine-tune a LoRA adapter on `pairs` (kind "dev" pairs are the early-stopping split); the new facts' training
     pairs `new_repeats` times per pass (`replay_rotations`: beside a replay pool that many times the mix's), for
-    `epochs` passes (default `cfg.epochs`; either way at least the step floor)."""
+    `epochs` passes (default `cfg.epochs`; either way at least the step floor), in optimizer steps of `step`
+    (batch_size, grad_accum; default the config's, made smaller for a small night with `cfg.shrink_steps`)."""
     import datasets
     import torch
     from datasets import Dataset
@@ -585,8 +611,9 @@ def train_lora(
     has_dev = bool(dev_pairs)
     # each rank sees 1/world of the data: the step floor counts optimizer steps of the whole job
     rows = pack_rows(supervised(train_pairs, cfg), tokenizer, cfg.pack, cfg.max_length * cfg.pack, cfg.seed)
-    if cfg.shrink_steps:
-        cfg = cfg.model_copy(update={"grad_accum": planned_accum(cfg, len(rows), dist.world)})
+    if step or cfg.shrink_steps:  # the plan's (counted before the new pairs' repeats), or this mix's
+        batch, accum = step or planned_step(cfg, len(rows), dist.world)
+        cfg = cfg.model_copy(update={"batch_size": batch, "grad_accum": accum})
     cfg = cfg.model_copy(update={"epochs": planned_epochs(cfg, len(rows), dist.world, nearest=new_repeats > 1),
                                  "learning_rate": planned_learning_rate(cfg, len(rows), dist.world)})
     with warnings.catch_warnings():

@@ -16,6 +16,7 @@ from injector.replay import (
     load_anchors,
     load_prompts,
     neighbourhood_probes,
+    object_prompts,
     old_fact_pairs,
     replay_budget,
     retention_probes,
@@ -327,6 +328,40 @@ def test_subject_neighbourhood_asks_a_batch_subject_its_other_relations_and_hold
     assert [(p.kind, p.forbidden) for p in probes] == [("neighbourhood", ("Norland", "Osk"))]
     assert probes[0].question in [q.format(subject="Ada Vell") for q in RECIPES.relations[held["Ada Vell"]].probes]
     assert judge(probes[0], "She was a chemist.") and not judge(probes[0], "Ada Vell was born in Osk.")
+
+
+def test_object_prompts_ask_a_batch_object_its_own_relations_but_not_what_a_locality_probe_asks():
+    """"X is a citizen of Ireland" puts Ireland's own facts at risk: the object is asked the relations its relation
+    names for it (object_relations), in the trained templates; what the KG states and what a locality probe asks
+    are left out, and a question-answer fact or an unknown predicate asks nothing."""
+    import random
+
+    assert RECIPES.relations["citizenship"].object_relations == (
+        "capital", "language", "continent", "head_of_state", "head_of_government")
+    batch = [Triple("Vaginal Davis", "country of citizenship", "Ireland"), Triple("Ada Vell", "citizenship", "Ireland"),
+             Triple("Moe", "sport", "cricket"), Triple("Acme", "has_list_price", "9 EUR"),
+             Triple("", "", "x", question="Q?")]
+    ledger = [Triple("Ireland", "continent", "Europe")]
+    locality = ["What is the capital of Ireland?", "What is the capital of France?"]
+    prompts = object_prompts(batch, RECIPES, [*ledger, *batch], locality, 10, random.Random(0))
+    asked = sorted(i.split(":")[1] for i, _ in prompts)
+    # capital: a locality probe asks it; continent: the ledger states it; one prompt per (object, relation)
+    assert asked == ["head_of_government", "head_of_state", "language"]
+    assert all("Ireland" in q and "{" not in q for _, q in prompts)  # filled templates about the object
+    assert len(object_prompts(batch, RECIPES, batch, [], 2, random.Random(0))) == 2
+    assert len(object_prompts(batch, RECIPES, batch, [], 10, random.Random(0))) == 5  # capital, continent too
+    assert object_prompts(batch[2:], RECIPES, batch, [], 10, random.Random(0)) == []
+
+
+def test_object_relations_must_name_known_relations(tmp_path):
+    import shutil
+
+    shutil.copytree(ROOT / "data_recipes", tmp_path / "r")
+    f = tmp_path / "r" / "relations.en.yaml"
+    f.write_text(f.read_text().replace("object_relations: [located_in]", "object_relations: [located_at]", 1))
+    with pytest.raises(InjectorError, match=r"relations.en.yaml: relation '\w+': object_relations: unknown relation "
+                                            r"'located_at'"):
+        load_recipes(tmp_path / "r")
 
 
 @pytest.mark.parametrize("text, usable", [

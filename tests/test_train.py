@@ -296,17 +296,42 @@ def test_a_small_batch_reaches_the_floor_with_a_higher_rate_first_then_more_pass
     assert planned_learning_rate(cfg.model_copy(update={"max_lr_scale": 1}), 140) == 1e-3
 
 
-def test_a_small_batch_reaches_min_steps_with_smaller_steps_not_more_passes():
+def test_a_small_night_reaches_min_steps_with_smaller_steps_not_more_passes():
     from injector.config import TrainConfig
-    from injector.train import planned_accum, planned_epochs
+    from injector.train import night_step, planned_epochs, planned_step, replay_rotations
 
     cfg = TrainConfig(epochs=5, batch_size=8, grad_accum=2, min_steps=90, pack=1, max_lr_scale=1)
-    assert planned_accum(cfg, 277) == 2  # 18 steps/epoch x 5 passes = 90: as configured
-    assert planned_accum(cfg, 140) == 1  # 9 steps/epoch at accum 2; 18 at accum 1: 5 passes give 90 steps
-    small = cfg.model_copy(update={"grad_accum": planned_accum(cfg, 130)})
-    assert small.grad_accum == 1 and planned_epochs(small, 130) == 6  # 17 steps/epoch: 6 passes (were 12)
-    assert planned_accum(cfg.model_copy(update={"grad_accum": 4}), 277) == 2
-    assert planned_accum(cfg.model_copy(update={"min_steps": 0}), 3) == 2
+    assert planned_step(cfg, 277) == (8, 2)  # 18 steps/epoch x 5 passes = 90: as configured
+    assert planned_step(cfg, 140) == (8, 1)  # 9 steps/epoch at 16 pairs a step; 18 at 8: 5 passes give 90 steps
+    assert planned_step(cfg, 130) == (7, 1)  # 17 steps/epoch at 8 a step: the largest step with 18 is 7 pairs
+    small = cfg.model_copy(update=dict(zip(("batch_size", "grad_accum"), planned_step(cfg, 130), strict=True)))
+    assert planned_epochs(small, 130) == 5  # 19 steps/epoch: the floor in 5 passes (were 12 at 16 a step)
+    assert planned_step(cfg.model_copy(update={"grad_accum": 4}), 277) == (8, 2)  # the largest that reaches it
+    assert planned_step(cfg.model_copy(update={"min_steps": 0}), 3) == (8, 2)
+    assert planned_step(cfg, 3) == (1, 1)  # nothing reaches the floor in 5 passes: the smallest step, more passes
+    assert planned_step(cfg.model_copy(update={"max_lr_scale": 2}), 140) == (8, 2)  # 45 steps at twice the rate
+    # a 10-fact night (76 new + 25 replay pairs): at 16 a step it needs 3x fresh replay (12 passes over each new
+    # pair); at 5 a step, 21 steps a pass: 5 passes over the mix as it is reach the floor
+    shrink, full = (cfg.model_copy(update={"shrink_steps": on}) for on in (True, False))
+    assert night_step(full, 101) == (8, 2) and night_step(shrink, 277) == (8, 2)
+    assert night_step(shrink, 101) == (5, 1)
+    assert replay_rotations(cfg, 101) == (3, 4)
+    assert replay_rotations(shrink.model_copy(update={"batch_size": 5, "grad_accum": 1}), 101) == (1, 5)
+
+
+def test_the_model_s_own_replay_covers_what_the_training_distils():
+    """Trained by distillation alone, the self-distilled prompts make no training rows: their pool follows the
+    sequences the training distils (steps x micro-batches x distill_batch_size) over `epochs` passes, not the mix's
+    share, which left a 6-fact night in smaller steps 7 prompts for 180 draws."""
+    from injector.config import Config
+    from injector.pipeline import _kd_pool
+    from injector.train import planned_steps
+
+    cfg = Config()
+    assert planned_steps(cfg.train.model_copy(update={"batch_size": 5, "grad_accum": 1}), 101) == 105  # 21 x 5
+    assert _kd_pool(cfg, 90 * 1 * 2) == 36
+    hard = cfg.model_copy(update={"train": cfg.train.model_copy(update={"kd_only": []})})
+    assert _kd_pool(hard, 180) == 0  # hard-labelled: they make rows, which the step plan counts
 
 
 def test_packed_conversations_train_every_answer_once(tiny_model_dir):
