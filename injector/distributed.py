@@ -78,6 +78,15 @@ def barrier() -> None:
         dist.barrier()
 
 
+def shutdown() -> None:
+    """Leave the process group once this process's part is done: a rank that exits with gloo's threads still
+    running can abort on the way out ("terminate called without an active exception", seen once in CI)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def digest(model) -> str:
     """sha256 over the trainable parameters' bytes: equal on every rank when DDP kept them in step."""
     h = hashlib.sha256()

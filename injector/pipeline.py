@@ -526,14 +526,17 @@ def run_train(triples: list[Path] | None, cfg: Config, home: Home, log=print, re
     if not dist.multi:
         return _run_train(triples, cfg, home, log, resume, runner, t0)
     distributed.init()
-    if not dist.main:
-        return TrainOutcome(ingest=None, train=follow_training(log), wall_s=time.perf_counter() - t0)
-    sent = []  # rank 0 tells the other ranks "nothing to train" when it stops before training
     try:
-        return _run_train(triples, cfg, home, log, resume, runner, t0, on_train=lambda: sent.append(True))
+        if not dist.main:
+            return TrainOutcome(ingest=None, train=follow_training(log), wall_s=time.perf_counter() - t0)
+        sent = []  # rank 0 tells the other ranks "nothing to train" when it stops before training
+        try:
+            return _run_train(triples, cfg, home, log, resume, runner, t0, on_train=lambda: sent.append(True))
+        finally:
+            if not sent:
+                distributed.broadcast(None)
     finally:
-        if not sent:
-            distributed.broadcast(None)
+        distributed.shutdown()
 
 
 def _run_train(triples, cfg: Config, home: Home, log, resume: bool, runner, t0: float, on_train=None) -> TrainOutcome:
