@@ -289,14 +289,12 @@ def _rotations(pairs, cfg: Config, n_earlier: int) -> tuple[int, int, tuple[int,
     counted are those trained with hard labels (the steps a pass takes): the replay budget, or where the model's own
     answers are trained by distillation alone (`train.kd_only`) the earlier facts' part of it."""
     from injector import distributed
-    from injector.config import SELF_DISTILLED
     from injector.train import night_step, planned_steps, replay_rotations
 
     r, world = cfg.recipes, distributed.from_env().world
     budget = _replay_budget(pairs, cfg) if r.replay else 0
     # every self-distilled kind by distillation alone: only the earlier facts' part of the budget makes rows
-    kd_all = r.general_replay and cfg.train.kd_kinds >= set(SELF_DISTILLED)
-    hard = min(n_earlier, old_fact_quota(budget, r, n_earlier)) if kd_all and budget else budget
+    hard = min(n_earlier, old_fact_quota(budget, r, n_earlier)) if _own_answers_kd_only(cfg) and budget else budget
     n = sum(p.kind != "dev" for p in pairs) + hard
     batch, accum = step = night_step(cfg.train, n, world)
     sized = cfg.train.model_copy(update={"batch_size": batch, "grad_accum": accum})
@@ -310,11 +308,14 @@ def _kd_pool(cfg: Config, draws: int) -> int:
     sequences its training distils (`draws`) over `train.epochs` passes, so that no prompt is distilled much more
     than a new pair is trained. The mix's share alone gave a 6-fact night in smaller steps 7 prompts for 180
     draws (MQuAKE continual night 5: locality 0.891 of the champion). 0 where they make training rows."""
+    return math.ceil(draws / cfg.train.epochs) if _own_answers_kd_only(cfg) else 0
+
+
+def _own_answers_kd_only(cfg: Config) -> bool:
+    """The model's own replay answers are drawn and every kind of them is trained by distillation alone (no rows)."""
     from injector.config import SELF_DISTILLED
 
-    if not cfg.recipes.general_replay or not cfg.train.kd_kinds >= set(SELF_DISTILLED):
-        return 0
-    return math.ceil(draws / cfg.train.epochs)
+    return cfg.recipes.general_replay and cfg.train.kd_kinds >= set(SELF_DISTILLED)
 
 
 TRIAGE_KINDS = ("efficacy", "generalisation", "changed")

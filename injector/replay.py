@@ -303,7 +303,6 @@ def object_prompts(batch, recipes: Recipes, stated, exclude: list[str], n: int,
     so that those stay held out."""
     have = {(recipes.canonical(t.predicate), t.subject.lower()) for t in stated if not t.question}
     everything = {name: [] for name in recipes.relations}
-    asked = list(exclude)
     by_object: dict[str, list[tuple[str, str]]] = {}
     for t in batch:
         if t.question or not t.object.strip():
@@ -313,8 +312,9 @@ def object_prompts(batch, recipes: Recipes, stated, exclude: list[str], n: int,
             continue
         items = []
         for name in recipes.relation(t.predicate).object_relations:
-            if (name, obj.lower()) in have or any(
-                    obj.lower() in q.lower() and closest_relation(q, obj, everything, recipes) == name for q in asked):
+            if (name, obj.lower()) in have or any(obj.lower() in q.lower() and
+                                                   closest_relation(q, obj, everything, recipes) == name
+                                                   for q in exclude):
                 continue
             rel = recipes.relation(name)
             qi = rng.randrange(len(rel.questions))
