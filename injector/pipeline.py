@@ -234,11 +234,11 @@ def plan_candidate(cfg: Config, home: Home, log=print, triples: list[Path] | Non
     if cfg.recipes.model_paraphrases:
         with timed("model_paraphrases"):
             pairs = pairs + _model_paraphrases(changes, recipes, reference, tokenizer, cfg, log)
-    k, passes, step, draws = _rotations(pairs, cfg, len(earlier))
+    k, passes, step, draws, old_k = _rotations(pairs, cfg, len(earlier))
     with timed("replay_self_distill"):
         replay = _replay(pairs, changes, earlier, recipes, cfg, reference, tokenizer, home, base.sha256,
                          current if init_adapter else None, (near, held), k,
-                         tuple(p.question for p in probes if p.kind == "locality"), _kd_pool(cfg, draws))
+                         tuple(p.question for p in probes if p.kind == "locality"), _kd_pool(cfg, draws), old_k)
     # the pools may hold fewer prompts than k budgets: the new pairs repeat as often as the replay was drawn, over
     # the same k x passes exposures
     once = _replay_budget(pairs, cfg)
@@ -281,26 +281,40 @@ def _replay_budget(pairs, cfg: Config) -> int:
     return replay_budget(sum(p.kind != "dev" for p in pairs), cfg.recipes.new, cfg.recipes.replay)
 
 
-def _rotations(pairs, cfg: Config, n_earlier: int) -> tuple[int, int, tuple[int, int], int]:
-    """(k, passes, step, draws): `train.replay_rotations` for this night's new pairs at the mix (k = 1 without
-    `recipes.fresh_replay`), in optimizer steps of `train.night_step` (batch_size, grad_accum: with
-    `train.shrink_steps` a small night reaches the step floor with smaller steps first), and the replay sequences
-    the training will distil (`train.planned_steps` x micro-batches a step x `distill_batch_size`). The pairs
-    counted are those trained with hard labels (the steps a pass takes): the replay budget, or where the model's own
-    answers are trained by distillation alone (`train.kd_only`) the earlier facts' part of it."""
+def _rotations(pairs, cfg: Config, n_earlier: int) -> tuple[int, int, tuple[int, int], int, int]:
+    """(k, passes, step, draws, old_k): `train.replay_rotations` for this night's new pairs at the mix (k = 1
+    without `recipes.fresh_replay`), in optimizer steps of `train.night_step` (batch_size, grad_accum: with
+    `train.shrink_steps` a small night reaches the step floor with smaller steps first), the replay sequences the
+    training will distil (`train.planned_steps` x micro-batches a step x `distill_batch_size`), and the replay
+    budgets the earlier facts are drawn from (`old_k`). The pairs counted are those trained with hard labels (the
+    steps a pass takes): the replay budget, or where the model's own answers are trained by distillation alone
+    (`train.kd_only`) the earlier facts' part of it.
+
+    `old_k` is the k of the configured step, whatever step the night takes: the step floor moves the adapter as far
+    in smaller steps as in full ones, so the earlier facts it puts at risk are replayed as the full-step plan's k
+    fresh draws would have replayed them (continual MQuAKE night 5, 5 facts: 10 of 36 earlier facts replayed over
+    90 steps, batch-1 accuracy 1.00 -> 0.85)."""
     from injector import distributed
     from injector.train import night_step, planned_steps, replay_rotations
 
     r, world = cfg.recipes, distributed.from_env().world
     budget = _replay_budget(pairs, cfg) if r.replay else 0
-    # every self-distilled kind by distillation alone: only the earlier facts' part of the budget makes rows
-    hard = min(n_earlier, old_fact_quota(budget, r, n_earlier)) if _own_answers_kd_only(cfg) and budget else budget
-    n = sum(p.kind != "dev" for p in pairs) + hard
+    own_kd = _own_answers_kd_only(cfg) and budget
+    new = sum(p.kind != "dev" for p in pairs)
+
+    def hard(rotations: int) -> int:  # every self-distilled kind by distillation alone: only earlier facts make rows
+        return min(n_earlier, old_fact_quota(budget * rotations, r, n_earlier)) if own_kd else budget
+
+    fresh = r.fresh_replay and r.replay
+    old_k = 1  # with full-size steps the earlier facts come with the k fresh draws below
+    if fresh and own_kd and cfg.train.shrink_steps:
+        old_k = replay_rotations(cfg.train, new + hard(1), world, r.replay_passes)[0]
+    n = new + hard(old_k)
     batch, accum = step = night_step(cfg.train, n, world)
     sized = cfg.train.model_copy(update={"batch_size": batch, "grad_accum": accum})
-    k, passes = replay_rotations(sized, n, world, r.replay_passes) if r.fresh_replay and r.replay else (1, None)
+    k, passes = replay_rotations(sized, n, world, r.replay_passes) if fresh else (1, None)
     steps = planned_steps(sized, n * k, world, passes, nearest=k > 1)
-    return k, passes or cfg.train.epochs, step, steps * accum * cfg.train.distill_batch_size * world
+    return k, passes or cfg.train.epochs, step, steps * accum * cfg.train.distill_batch_size * world, max(k, old_k)
 
 
 def _kd_pool(cfg: Config, draws: int) -> int:
@@ -723,13 +737,14 @@ def _subject_neighbourhood(changes, earlier, recipes, cfg: Config) -> tuple[dict
 
 def _replay(pairs, changes, earlier, recipes, cfg: Config, model, tokenizer, home: Home, base_sha: str,
             adapter_version: str | None, subjects: tuple[dict, dict] = ({}, {}), rotations: int = 1,
-            exclude: tuple[str, ...] = (), kd_pool: int = 0) -> list:
+            exclude: tuple[str, ...] = (), kd_pool: int = 0, old_rotations: int = 1) -> list:
     """Replay for a new:replay mix: earlier facts (up to their share), anchors in the batch's relations (every
     relation for question-answer facts; up to their share), self-distilled general instructions for the rest; and on
     top, each subject of the batch asked one of its other relations, each question-answer fact's question asked about
     a real subject, each real object of the batch asked its own relations (`exclude`: questions they must not
     ask). Prompts are answered by the current model. The budget is the mix's times `rotations`; the anchors and
-    general instructions together at least `kd_pool` (`_kd_pool`)."""
+    general instructions together at least `kd_pool` (`_kd_pool`); the earlier facts from `old_rotations` budgets
+    where that is more (`_rotations`' old_k)."""
     import random
 
     from injector.replay import (
@@ -753,7 +768,8 @@ def _replay(pairs, changes, earlier, recipes, cfg: Config, model, tokenizer, hom
         return []
     rng = random.Random(cfg.train.seed)
     batch = [c.triple for c in changes]
-    n_old = old_fact_quota(budget, r, neighbourhood(earlier, batch, recipes) if r.replay_neighbours else 0)
+    n_old = old_fact_quota(max(budget, budget // rotations * old_rotations), r,
+                           neighbourhood(earlier, batch, recipes) if r.replay_neighbours else 0)
     old = old_fact_pairs(earlier, recipes, n_old, rng, batch)
     rest = budget - min(len(old), round(budget * r.old_fact_share))  # neighbours beyond the share take no part
     rest = max(rest, kd_pool)

@@ -334,6 +334,29 @@ def test_the_model_s_own_replay_covers_what_the_training_distils():
     assert _kd_pool(hard, 180) == 0  # hard-labelled: they make rows, which the step plan counts
 
 
+def test_a_night_in_smaller_steps_replays_the_earlier_facts_full_size_steps_would():
+    """The step floor moves the adapter as far in smaller steps as in full ones: a small night replays the earlier
+    facts from the k budgets that the configured step's fresh replay would draw (continual MQuAKE night 5: 10 of 36
+    earlier facts over 90 steps lost batch 1's facts), and still takes smaller steps, without fresh replay."""
+    from injector.config import Config
+    from injector.pipeline import _rotations, old_fact_quota
+    from injector.replay import replay_budget
+
+    cfg = Config()
+    pairs = [InstructionPair(messages=({"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}),
+                             fact_id=str(i), kind="efficacy", template_id="t:0", origin="new") for i in range(37)]
+    full = cfg.model_copy(update={"train": cfg.train.model_copy(update={"shrink_steps": False})})
+    k_full = _rotations(pairs, full, 36)[0]
+    k, passes, (batch, accum), _, old_k = _rotations(pairs, cfg, 36)
+    assert (k, passes) == (1, cfg.train.epochs) and batch * accum < 16  # smaller steps, the floor in `epochs` passes
+    assert old_k == k_full > 1
+    once = replay_budget(37, cfg.recipes.new, cfg.recipes.replay)
+    assert old_fact_quota(once * old_k, cfg.recipes, 36) == 36 > old_fact_quota(once, cfg.recipes, 36)  # all, not 12
+    assert _rotations(pairs, cfg, 0)[2] == (batch // 2, accum)  # no earlier facts: fewer rows, a smaller step
+    assert _rotations(pairs * 8, cfg, 36)[4] == 1  # at the floor in full-size steps: as before
+    assert _rotations(pairs, full, 36)[4] == k_full  # full-size steps: the earlier facts come with the fresh draws
+
+
 def test_packed_conversations_train_every_answer_once(tiny_model_dir):
     from injector.models import load_tokenizer
     from injector.records import InstructionPair
