@@ -270,8 +270,7 @@ def plan_candidate(cfg: Config, home: Home, log=print, triples: list[Path] | Non
     with timed("reference_ppl"):
         before = replace(before, extra=_measure(reference, tokenizer, cfg, home, statements, ref_key))
     return Plan(tuple(changes), tuple(pairs), tuple(probes), tuple(statements), base, current, init_adapter, before,
-                _run_dir(home, resume), tuple(map(str, triples or ())), rotations, passes,
-                step)
+                _run_dir(home, resume), tuple(map(str, triples or ())), rotations, passes, step)
 
 
 def _replay_budget(pairs, cfg: Config) -> int:
@@ -763,12 +762,13 @@ def _replay(pairs, changes, earlier, recipes, cfg: Config, model, tokenizer, hom
     )
 
     r = cfg.recipes
-    budget = _replay_budget(pairs, cfg) * rotations
+    once = _replay_budget(pairs, cfg)
+    budget = once * rotations
     if budget == 0:
         return []
     rng = random.Random(cfg.train.seed)
     batch = [c.triple for c in changes]
-    n_old = old_fact_quota(max(budget, budget // rotations * old_rotations), r,
+    n_old = old_fact_quota(once * max(rotations, old_rotations), r,
                            neighbourhood(earlier, batch, recipes) if r.replay_neighbours else 0)
     old = old_fact_pairs(earlier, recipes, n_old, rng, batch)
     rest = budget - min(len(old), round(budget * r.old_fact_share))  # neighbours beyond the share take no part

@@ -310,11 +310,10 @@ def object_prompts(batch, recipes: Recipes, stated, exclude: list[str], n: int,
         obj = t.object.strip()
         if obj in by_object:
             continue
+        asked = {closest_relation(q, obj, everything, recipes) for q in exclude if obj.lower() in q.lower()}
         items = []
         for name in recipes.relation(t.predicate).object_relations:
-            if (name, obj.lower()) in have or any(obj.lower() in q.lower() and
-                                                   closest_relation(q, obj, everything, recipes) == name
-                                                   for q in exclude):
+            if (name, obj.lower()) in have or name in asked:
                 continue
             rel = recipes.relation(name)
             qi = rng.randrange(len(rel.questions))
