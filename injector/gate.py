@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import yaml
@@ -39,6 +40,12 @@ class Relative(_Strict):
     # the candidate's mean answer length in tokens on the timed (general-knowledge) probes / the reference's
     max_answer_tokens_ratio: float | None = Field(1.5, gt=0)
     min_fact_ppl_drop: float | None = Field(None, ge=0, lt=1)  # 1 - (ppl_after / ppl_ref) on fact statements
+    # against the base model as well, where the reference is an earlier champion: the ratios above compare with the
+    # champion the candidate replaces, so what each night may lose could add up over nights (0.9 a night: 0.59 after
+    # five). Locality: the candidate's general-knowledge accuracy / the base's, on the same probes. PPL: None is
+    # reported, not gated
+    min_locality_vs_base: float | None = Field(0.85, ge=0)
+    max_general_ppl_increase_vs_base: float | None = Field(None, ge=0)
 
 
 class Thresholds(_Strict):
@@ -119,6 +126,15 @@ def decide(metrics: dict[str, float], thresholds: Thresholds, reference: dict[st
     if r.min_fact_ppl_drop is not None and "fact_ppl" in metrics:
         drop = 1 - metrics["fact_ppl"] / ref["fact_ppl"] if ref.get("fact_ppl") else None
         checks.append(_check("fact_ppl_drop", drop, r.min_fact_ppl_drop, ">="))
+    base_loc = ref.get("base_locality")
+    if r.min_locality_vs_base is not None and n("locality") and base_loc is not None and math.isfinite(base_loc):
+        ratio = metrics.get("locality", float("nan")) / base_loc if base_loc > 0 else 1.0
+        checks.append(_check("locality_vs_base", ratio, r.min_locality_vs_base, ">="))
+    if ref.get("base_general_ppl") and "general_ppl" in metrics:
+        rise = metrics["general_ppl"] / ref["base_general_ppl"] - 1
+        bound = r.max_general_ppl_increase_vs_base
+        check = _check("general_ppl_increase_vs_base", rise, math.inf if bound is None else bound, "<=")
+        checks.append(check if bound is not None else replace(check, passed=True, gated=False))
     if a.max_kl_drift is not None and "kl_drift" in metrics:
         checks.append(_check("kl_drift", metrics["kl_drift"], a.max_kl_drift, "<="))
     return GateDecision(passed=all(c.passed for c in checks), checks=tuple(checks), compared_with=compared_with)

@@ -269,6 +269,9 @@ def plan_candidate(cfg: Config, home: Home, log=print, triples: list[Path] | Non
     statements = [statement_of(c.triple, recipes) for c in changes]
     with timed("reference_ppl"):
         before = replace(before, extra=_measure(reference, tokenizer, cfg, home, statements, ref_key))
+    if init_adapter and any(p.kind == "locality" for p in probes):
+        with timed("base_reference"):
+            before = replace(before, extra={**before.extra, **_base_reference(home, base, tokenizer, cfg, probes, log)})
     return Plan(tuple(changes), tuple(pairs), tuple(probes), tuple(statements), base, current, init_adapter, before,
                 _run_dir(home, resume), tuple(map(str, triples or ())), rotations, passes, step)
 
@@ -653,23 +656,57 @@ def _save_ppl(home: Home, key: str, cfg: Config | None, ppl) -> None:
 
 def _measure(model, tokenizer, cfg: Config, home: Home, statements: list[str], key: str | None = None) -> dict:
     """Perplexity on the general corpus (cached per reference model) and on the facts' statements."""
-    import json
-
     from injector.evaluate import perplexity
 
     out = {"fact_ppl": perplexity(model, tokenizer, statements, batch_size=cfg.eval.batch_size)}
     if cfg.eval.ppl_max_tokens:
-        cache = _ppl_file(home, key, cfg) if key else None
-        if cache is not None and cache.exists():
-            out["general_ppl"] = json.loads(cache.read_text())["general_ppl"]
-        else:
-            corpus = cfg.content_path(cfg.eval.dir) / f"general_corpus.{cfg.recipes.language}.txt"
-            if not corpus.exists():
-                raise InjectorError(f"general-text corpus not found: {corpus} (or set eval.ppl_max_tokens=0)")
-            paras = [p for p in corpus.read_text(encoding="utf-8").split("\n\n") if not p.startswith("#")]
-            out["general_ppl"] = perplexity(model, tokenizer, paras, max_tokens=cfg.eval.ppl_max_tokens)
-            if cache is not None:
-                cache.write_text(json.dumps({"general_ppl": out["general_ppl"]}))
+        out["general_ppl"] = _general_ppl(model, tokenizer, cfg, home, key)
+    return out
+
+
+def _general_ppl(model, tokenizer, cfg: Config, home: Home, key: str | None) -> float:
+    """Perplexity on the general corpus, cached per model key (`model` may be None where it is cached)."""
+    import json
+
+    from injector.evaluate import perplexity
+
+    cache = _ppl_file(home, key, cfg) if key else None
+    if cache is not None and cache.exists():
+        return json.loads(cache.read_text())["general_ppl"]
+    corpus = cfg.content_path(cfg.eval.dir) / f"general_corpus.{cfg.recipes.language}.txt"
+    if not corpus.exists():
+        raise InjectorError(f"general-text corpus not found: {corpus} (or set eval.ppl_max_tokens=0)")
+    paras = [p for p in corpus.read_text(encoding="utf-8").split("\n\n") if not p.startswith("#")]
+    ppl = perplexity(model, tokenizer, paras, max_tokens=cfg.eval.ppl_max_tokens)
+    if cache is not None:
+        cache.write_text(json.dumps({"general_ppl": ppl}))
+    return ppl
+
+
+def _base_reference(home: Home, base, tokenizer, cfg: Config, probes, log=print) -> dict[str, float]:
+    """The base model's accuracy on tonight's general-knowledge (locality) probes and its general PPL, where the
+    reference is a champion: the gate bounds the candidate against the base too (`min_locality_vs_base`), because
+    each night's ratio compares with the champion it replaces, and losses every night allows would add up over
+    nights (0.9 a night is 0.59 after five). Read from the base's answers and PPL cached on the home's first night;
+    what is not cached (a home from before, another probe set or decode budget) the base computes once."""
+    from injector.evaluate import evaluate
+    from injector.models import load_with_adapter
+
+    key = model_key(base.sha256, None)
+    loc = [p for p in probes if p.kind == "locality"]
+    answers = _load_answers(home, key, cfg)
+    missing = sum(p.messages != () or p.question not in answers for p in loc)
+    model = None
+    if missing or (cfg.eval.ppl_max_tokens and not _ppl_file(home, key, cfg).exists()):
+        log(f"base model: answering {missing} general-knowledge probes (and its general PPL) once, cached for the "
+            "nights after")
+        model = load_with_adapter(base, None, cfg.model.quantization)
+    report = evaluate(model, tokenizer, loc, cfg.eval.max_new_tokens, cfg.eval.batch_size, latency_samples=0,
+                      progress=False, known=answers)
+    _save_answers(home, key, cfg, report)
+    out = {"base_locality": report.by_kind()["locality"]["accuracy"]}
+    if cfg.eval.ppl_max_tokens:
+        out["base_general_ppl"] = _general_ppl(model, tokenizer, cfg, home, key)
     return out
 
 

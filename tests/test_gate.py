@@ -51,6 +51,12 @@ OK = {"efficacy": 0.9, "n_efficacy": 10, "generalisation": 0.6, "n_generalisatio
         ({"answer_tokens": 18.0}, {"answer_tokens": 12.0}, True, []),  # 1.5
         ({"answer_tokens": 18.5}, {"answer_tokens": 12.0}, False, ["answer_tokens_ratio"]),
         ({"answer_tokens": 18.5}, {}, True, []),  # the reference not timed: no ratio
+        # against the base too where the reference is a champion: losses each night allows must not add up
+        ({"locality": 0.9, "n_locality": 20}, {"locality": 0.9, "base_locality": 1.0}, True, []),
+        ({"locality": 0.84, "n_locality": 20}, {"locality": 0.9, "base_locality": 1.0}, False, ["locality_vs_base"]),
+        ({"locality": 0.0, "n_locality": 20}, {"locality": 0.0, "base_locality": 0.0}, True, []),  # nothing to lose
+        # the general PPL against the base's is reported, not gated (no bound by default)
+        ({"general_ppl": 10.4}, {"general_ppl": 10.0, "base_general_ppl": 5.0}, True, []),
     ],
 )
 def test_decide(change, reference, passed, failing):
@@ -106,3 +112,20 @@ def test_neighbourhood_is_reported_and_gated_as_a_ratio_only_when_a_bound_is_set
     d = decide(metrics, strict, ref)
     assert not d.passed and [c.name for c in d.checks if not c.passed] == ["neighbourhood_ratio"]
     assert decide({**metrics, "neighbourhood": 0.9}, strict, ref).passed
+
+
+def test_drift_from_the_base_is_gated_on_locality_and_reported_on_ppl():
+    """Every night's ratios compare with the champion it replaces; the base's numbers bound what all nights lose."""
+    ref = {"locality": 0.9, "base_locality": 1.0, "general_ppl": 10.0, "base_general_ppl": 9.0}
+    metrics = {**OK, "locality": 0.86, "n_locality": 50, "general_ppl": 10.2}
+    d = decide(metrics, T, reference=ref, compared_with="v4")
+    rows = {r["check"]: r for r in d.table()}
+    assert d.passed and rows["locality_ratio"]["verdict"] == "pass"
+    assert rows["locality_vs_base"]["value"] == pytest.approx(0.86) and rows["locality_vs_base"]["bound"] == ">= 0.85"
+    assert rows["general_ppl_increase_vs_base"]["verdict"] == "info"
+    assert rows["general_ppl_increase_vs_base"]["value"] == pytest.approx(10.2 / 9.0 - 1)
+    strict = Thresholds(relative=Relative(min_locality_vs_base=0.9, max_general_ppl_increase_vs_base=0.1))
+    failed = [c.name for c in decide(metrics, strict, reference=ref).checks if not c.passed]
+    assert failed == ["locality_vs_base", "general_ppl_increase_vs_base"]
+    # the base's own night (no base numbers in the reference) has no such checks
+    assert not {"locality_vs_base", "general_ppl_increase_vs_base"} & {c.name for c in decide(metrics, T).checks}

@@ -9,6 +9,7 @@ from conftest import TINY_FACTS, eval_dir, short_recipes, tiny_config
 from injector import registry
 from injector.ledger import Ledger
 from injector.pipeline import run_train
+from injector.replay import model_key
 
 
 @pytest.fixture()
@@ -133,6 +134,28 @@ def test_second_night_reuses_the_champions_judged_answers(home, tiny_model_dir, 
     # the reused answers are the ones the champion gave when it was judged
     judged = {r.probe.question: r.answer for r in out.after.results if r.probe.kind == "locality"}
     assert {r.probe.question: r.answer for r in again.before.results if r.probe.kind == "locality"} == judged
+    # the base's answers, cached on the first night, bound the drift of every later night against the base
+    base_acc = out.before.by_kind()["locality"]["accuracy"]
+    assert again.before.extra["base_locality"] == pytest.approx(base_acc)
+    assert again.before.extra["base_general_ppl"] == pytest.approx(out.before.extra["general_ppl"])
+    assert not any("base model: answering" in x for x in lines), lines  # nothing generated again
+    rows = {r["check"]: r for r in again.decision.table()}
+    loc = again.after.by_kind()["locality"]["accuracy"]
+    assert rows["locality_vs_base"]["value"] == pytest.approx(loc / base_acc if base_acc else 1.0)
+    assert "locality_vs_base" not in {r["check"] for r in out.decision.table()}  # the first night's reference is it
+    # a home without them (older, or another decode budget): the base answers once, the same as on the first night
+    from injector.models import load_tokenizer, resolve_base
+    from injector.pipeline import _base_reference
+
+    base = resolve_base(cfg.model.base, home.models)
+    for f in (*home.cache.glob(f"answers-{model_key(base.sha256, None)}-*"),
+              *home.cache.glob(f"ppl-{model_key(base.sha256, None)}-*")):
+        f.unlink()
+    said: list[str] = []
+    got = _base_reference(home, base, load_tokenizer(base.path), cfg, [r.probe for r in again.before.results],
+                          said.append)
+    assert any(f"base model: answering {n_locality} general-knowledge probes" in x for x in said), said
+    assert got == pytest.approx({"base_locality": base_acc, "base_general_ppl": out.before.extra["general_ppl"]})
 
 
 def test_turtle_with_unseen_predicates_trains_with_generated_templates(home, tiny_model_dir, tmp_path, lenient_eval):
