@@ -234,11 +234,15 @@ def plan_candidate(cfg: Config, home: Home, log=print, triples: list[Path] | Non
     if cfg.recipes.model_paraphrases:
         with timed("model_paraphrases"):
             pairs = pairs + _model_paraphrases(changes, recipes, reference, tokenizer, cfg, log)
-    k, passes, step, draws, old_k = _rotations(pairs, cfg, len(earlier))
+    from injector.replay import known_wordings
+
+    known_ids = {t.id for t in triaged}
+    k, passes, step, draws, old_k = _rotations(pairs, cfg, len(earlier), known_wordings(earlier, known_ids, recipes))
     with timed("replay_self_distill"):
         replay = _replay(pairs, changes, earlier, recipes, cfg, reference, tokenizer, home, base.sha256,
                          current if init_adapter else None, (near, held), k,
-                         tuple(p.question for p in probes if p.kind == "locality"), _kd_pool(cfg, draws), old_k)
+                         tuple(p.question for p in probes if p.kind == "locality"), _kd_pool(cfg, draws), old_k,
+                         known_ids)
     # the pools may hold fewer prompts than k budgets: the new pairs repeat as often as the replay was drawn, over
     # the same k x passes exposures
     once = _replay_budget(pairs, cfg)
@@ -249,10 +253,10 @@ def plan_candidate(cfg: Config, home: Home, log=print, triples: list[Path] | Non
         log(f"fresh replay for the passes: {rotations}x the mix's replay, each new pair {rotations}x per pass, "
             f"{passes} passes (each replay prompt ~{passes}x)")
     if replay:
-        known_ids = {t.id for t in triaged}
         old = [p for p in replay if p.kind == "replay_fact"]
-        log(f"replay: {len(old)} earlier facts ({sum(p.fact_id in known_ids for p in old)}"
-            f" of them triaged as known tonight), {sum(p.kind == 'anchor' for p in replay)} anchors, "
+        log(f"replay: {len({p.fact_id for p in old})} earlier facts in {len(old)} pairs "
+            f"({len({p.fact_id for p in old} & known_ids)} of them triaged as known tonight, in "
+            f"{sum(p.fact_id in known_ids for p in old)} wordings), {sum(p.kind == 'anchor' for p in replay)} anchors, "
             f"{sum(p.kind == 'subject' for p in replay)} neighbourhood questions (the subjects' other relations, the "
             f"questions about other subjects, the objects' relations), "
             f"{sum(p.kind == 'general' for p in replay)} general instructions"
@@ -283,14 +287,15 @@ def _replay_budget(pairs, cfg: Config) -> int:
     return replay_budget(sum(p.kind != "dev" for p in pairs), cfg.recipes.new, cfg.recipes.replay)
 
 
-def _rotations(pairs, cfg: Config, n_earlier: int) -> tuple[int, int, tuple[int, int], int, int]:
+def _rotations(pairs, cfg: Config, n_earlier: int, rows: int | None = None) -> tuple[int, int, tuple[int, int], int,
+                                                                                     int]:
     """(k, passes, step, draws, old_k): `train.replay_rotations` for this night's new pairs at the mix (k = 1
     without `recipes.fresh_replay`), in optimizer steps of `train.night_step` (batch_size, grad_accum: with
     `train.shrink_steps` a small night reaches the step floor with smaller steps first), the replay sequences the
     training will distil (`train.planned_steps` x micro-batches a step x `distill_batch_size`), and the replay
     budgets the earlier facts are drawn from (`old_k`). The pairs counted are those trained with hard labels (the
     steps a pass takes): the replay budget, or where the model's own answers are trained by distillation alone
-    (`train.kd_only`) the earlier facts' part of it.
+    (`train.kd_only`) the earlier facts' part of it: up to `rows` pairs (`replay.known_wordings`; `n_earlier`).
 
     `old_k` is the k of the configured step, whatever step the night takes: the step floor moves the adapter as far
     in smaller steps as in full ones, so the earlier facts it puts at risk are replayed as the full-step plan's k
@@ -305,7 +310,8 @@ def _rotations(pairs, cfg: Config, n_earlier: int) -> tuple[int, int, tuple[int,
     new = sum(p.kind != "dev" for p in pairs)
 
     def hard(rotations: int) -> int:  # every self-distilled kind by distillation alone: only earlier facts make rows
-        return min(n_earlier, old_fact_quota(budget * rotations, r, n_earlier)) if own_kd else budget
+        return min(n_earlier if rows is None else rows, old_fact_quota(budget * rotations, r, n_earlier)) \
+            if own_kd else budget
 
     fresh = r.fresh_replay and r.replay
     old_k = 1  # with full-size steps the earlier facts come with the k fresh draws below
@@ -773,14 +779,16 @@ def _subject_neighbourhood(changes, earlier, recipes, cfg: Config) -> tuple[dict
 
 def _replay(pairs, changes, earlier, recipes, cfg: Config, model, tokenizer, home: Home, base_sha: str,
             adapter_version: str | None, subjects: tuple[dict, dict] = ({}, {}), rotations: int = 1,
-            exclude: tuple[str, ...] = (), kd_pool: int = 0, old_rotations: int = 1) -> list:
+            exclude: tuple[str, ...] = (), kd_pool: int = 0, old_rotations: int = 1,
+            known: set[str] = frozenset()) -> list:
     """Replay for a new:replay mix: earlier facts (up to their share), anchors in the batch's relations (every
     relation for question-answer facts; up to their share), self-distilled general instructions for the rest; and on
     top, each subject of the batch asked one of its other relations, each question-answer fact's question asked about
     a real subject, each real object of the batch asked its own relations (`exclude`: questions they must not
     ask). Prompts are answered by the current model. The budget is the mix's times `rotations`; the anchors and
     general instructions together at least `kd_pool` (`_kd_pool`); the earlier facts from `old_rotations` budgets
-    where that is more (`_rotations`' old_k)."""
+    where that is more (`_rotations`' old_k); the facts triaged as known tonight (`known`) in more of their trained
+    wordings where the earlier facts' quota has room (`replay.old_fact_pairs`)."""
     import random
 
     from injector.replay import (
@@ -807,7 +815,7 @@ def _replay(pairs, changes, earlier, recipes, cfg: Config, model, tokenizer, hom
     batch = [c.triple for c in changes]
     n_old = old_fact_quota(once * max(rotations, old_rotations), r,
                            neighbourhood(earlier, batch, recipes) if r.replay_neighbours else 0)
-    old = old_fact_pairs(earlier, recipes, n_old, rng, batch)
+    old = old_fact_pairs(earlier, recipes, n_old, rng, batch, known)
     rest = budget - min(len(old), round(budget * r.old_fact_share))  # neighbours beyond the share take no part
     rest = max(rest, kd_pool)
     if rest <= 0 or not r.general_replay:

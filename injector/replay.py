@@ -98,21 +98,44 @@ def neighbours_first(facts: list[Triple], batch: list[Triple], recipes: Recipes,
     return out
 
 
+def _trained_questions(t: Triple, recipes: Recipes) -> list[str]:
+    """The questions a fact is (or would be) trained in: a question-form fact's rewordings, else its relation's."""
+    from injector.recipes import _qa_questions
+
+    return _qa_questions(t)[0] if t.question else [_fill(x, t) for x in recipes.relation(t.predicate).questions]
+
+
+def known_wordings(facts: list[Triple], known: set[str], recipes: Recipes) -> int:
+    """The replay pairs `old_fact_pairs` can make of these earlier facts: one each, and every trained wording of
+    those in `known`."""
+    return sum(len(_trained_questions(t, recipes)) if t.id in known else 1 for t in facts)
+
+
 def old_fact_pairs(facts: list[Triple], recipes: Recipes, n: int, rng: random.Random,
-                   batch: list[Triple] = ()) -> list[InstructionPair]:
+                   batch: list[Triple] = (), known: set[str] = frozenset()) -> list[InstructionPair]:
     """One forward question per sampled earlier fact (active, learned; the ledger never returns retracted), the
-    batch's neighbours first (`neighbours_first`)."""
-    pairs = []
+    batch's neighbours first (`neighbours_first`). Where the `n` pairs leave room, the facts in `known` (triaged as
+    known tonight: the model answers them in every phrasing the evaluation asks, held-out ones included, and their
+    retention probes are those phrasings) are replayed in their other trained wordings too, one more per fact in
+    turn: a question-form fact is trained in five rewordings, and one of them a night did not hold the others
+    (zsRE 40: "Over which river does Delaware Memorial Bridge cross?" lost in 1 of 3 phrasings, whichever was
+    replayed)."""
+    pairs, extra = [], []
     for t in neighbours_first(facts, list(batch), recipes, n, rng):
         rel = recipes.relation(t.predicate)
-        if t.question:
-            q, a = t.question, _short(t.object)
-        else:
-            q = _fill(rng.choice(rel.questions), t)
-            a = _short(t.object) if recipes.answer_style == "short" else _fill(rel.statement, t)
-        pairs.append(InstructionPair(messages=({"role": "user", "content": q}, {"role": "assistant", "content": a}),
-                                     fact_id=t.id, kind="replay_fact", template_id=f"{rel.name}:replay",
-                                     origin="replay", short=_short(t.object) if a != _short(t.object) else ""))
+        asked = _trained_questions(t, recipes)
+        q = asked[0] if t.question else rng.choice(asked)
+        a = _short(t.object) if t.question or recipes.answer_style == "short" else _fill(rel.statement, t)
+        made = [InstructionPair(messages=({"role": "user", "content": x}, {"role": "assistant", "content": a}),
+                                fact_id=t.id, kind="replay_fact", template_id=f"{rel.name}:replay", origin="replay",
+                                short=_short(t.object) if a != _short(t.object) else "")
+                for x in [q, *(y for y in asked if y != q and t.id in known)]]
+        pairs.append(made[0])
+        extra.append(made[1:])
+    while len(pairs) < n and any(extra):  # round robin: every known fact one more wording before any gets two
+        for more in extra:
+            if more and len(pairs) < n:
+                pairs.append(more.pop(0))
     return pairs
 
 

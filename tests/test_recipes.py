@@ -192,6 +192,41 @@ def test_replay_mix_and_old_facts_exclude_retracted(tmp_path):
     assert replay_budget(300, 3, 1) == 100 and replay_budget(300, 3, 0) == 0
 
 
+def test_facts_known_tonight_are_replayed_in_more_trained_wordings_as_far_as_the_quota_has_room():
+    """A fact the model already answers (triaged as known) keeps every phrasing the evaluation asks only where more
+    than one of its trained wordings is replayed; the other earlier facts keep one pair each."""
+    import random
+
+    from injector.recipes import _qa_questions
+    from injector.records import Triple
+    from injector.replay import known_wordings
+
+    qa = Triple("Delaware Memorial Bridge", "qa", "Delaware River",
+                question="Over which river does Delaware Memorial Bridge cross?")
+    capital = Triple("Peru", "capital", "Lima")
+    earlier = [qa, capital, *(Triple(f"Firm{i}", "founded", str(1900 + i)) for i in range(3))]
+    known = {qa.id, capital.id}
+    trained, held = _qa_questions(qa)
+    n_capital = len(RECIPES.relation("capital").questions)
+    assert known_wordings(earlier, known, RECIPES) == len(trained) + n_capital + 3
+    assert known_wordings(earlier, set(), RECIPES) == 5
+    wide = old_fact_pairs(earlier, RECIPES, 100, random.Random(0), known=known)
+    by_fact = {t.id: [p.messages[0]["content"] for p in wide if p.fact_id == t.id] for t in earlier}
+    assert sorted(by_fact[qa.id]) == sorted(trained) and not set(by_fact[qa.id]) & set(held)  # never a held-out one
+    assert len(set(by_fact[capital.id])) == n_capital
+    assert all(len(by_fact[t.id]) == 1 for t in earlier[2:])
+    assert all(p.messages[1]["content"] == "Delaware River" for p in wide if p.fact_id == qa.id)
+    # a tight quota: one pair per fact first, then one more wording per known fact in turn
+    tight = old_fact_pairs(earlier, RECIPES, 7, random.Random(0), known=known)
+    assert len(tight) == 7 and len({p.fact_id for p in tight}) == 5
+    assert sum(p.fact_id == qa.id for p in tight) == 2 and sum(p.fact_id == capital.id for p in tight) == 2
+    # nothing known tonight: what it was (one pair per sampled fact, the same draws)
+    plain = old_fact_pairs(earlier, RECIPES, 100, random.Random(0))
+    assert [p.messages for p in plain] == [p.messages for p in old_fact_pairs(earlier, RECIPES, 100,
+                                                                               random.Random(0), known=set())]
+    assert len(plain) == 5
+
+
 def test_replay_takes_the_batch_neighbourhood_first():
     import random
 
