@@ -489,8 +489,8 @@ def bench(
     n: int = typer.Option(100, "--n", help="Facts (zsRE records / MQuAKE cases) in the seeded slice."),
     data: Path = typer.Option(Path("../shared/benchmarks"), "--data", help="Folder holding the benchmark JSON "
                                                                            "files (read-only; see its MANIFEST)."),
-    config: Path | None = typer.Option(Path("examples/demo.yaml"), "--config", "-c", help="Pipeline config of "
-                                                                                          "every row."),
+    config: Path | None = typer.Option(None, "--config", "-c", help="Pipeline config of every row (default: the "
+                                                                   "built-in defaults, as `injector train`)."),
     variants: str = typer.Option(",".join(["injector", "naive LoRA", "no replay", "no EWC"]), "--variants",
                                  help="Comma-separated trained rows: injector, naive LoRA, no replay, no EWC, "
                                       "no distillation."),

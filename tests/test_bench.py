@@ -100,3 +100,13 @@ def test_bench_runs_end_to_end_on_the_tiny_model(tmp_path, data, tiny_model_dir,
     assert "hand-written reading" in text and "tail" in text and "\nold\n" not in text
     assert text.index("#### zsre") < text.index("tail") < text.index("#### mquake")  # in place; appended
     assert "#### zsre: 5 facts" in text and "#### mquake: 5 facts" in text and "| naive LoRA |" in text
+
+
+def test_bench_needs_no_checkout_file_by_default(tmp_path):
+    """Run outside the checkout with no --config, the rows use the built-in defaults (as `injector train` does): the
+    first thing missing is the benchmark data, not a config file of the source tree."""
+    out = subprocess.run([INJECTOR, "bench", "-b", "zsre", "--n", "2", "--data", str(tmp_path / "none")],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                         env={**os.environ, "INJECTOR_HOME": str(tmp_path / "home")})
+    assert out.returncode != 0 and "benchmark file not found" in out.stderr and "config" not in out.stderr, \
+        out.stderr[-2000:]
