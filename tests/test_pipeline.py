@@ -1,6 +1,7 @@
 """`injector train` end to end on the tiny model: ingest -> train -> eval -> gate -> registry -> ledger."""
 
 import json
+import re
 import shutil
 
 import pytest
@@ -228,7 +229,9 @@ def test_known_facts_are_triaged_out_of_training(home, tiny_model_dir, tmp_path,
     kept = [f["object"] for f in TINY_FACTS[:2] if kinds[f["object"]] == "retention"]
     assert len(kept) == known and all(learned[o] == "1" for o in kept)  # known: v1's, asked as retention
     # and replayed: the known facts are the night's closest neighbourhood
-    assert any(x.startswith("replay: ") and f"({known} of them triaged as known tonight)" in x for x in lines), lines
+    said = [re.search(rf"\({known} of them triaged as known tonight, in (\d+) wordings\)", x) for x in lines
+            if x.startswith("replay: ")]
+    assert said and said[0] and int(said[0][1]) >= known, lines  # each in one wording at least, more where room
 
 
 def test_a_night_short_of_the_step_floor_trains_fresh_replay_not_the_same_replay_again(home, tiny_model_dir,
