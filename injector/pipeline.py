@@ -174,7 +174,7 @@ def plan_candidate(cfg: Config, home: Home, log=print, triples: list[Path] | Non
     from injector.evaluate import evaluate
     from injector.models import load_tokenizer, load_with_adapter, resolve_base
     from injector.recipes import build_pairs, build_probes, load_phrasings, load_recipes, statement_of
-    from injector.replay import neighbourhood_probes
+    from injector.replay import known_wordings, neighbourhood_probes
 
     ledger = Ledger(home.ledger)
     try:
@@ -234,8 +234,6 @@ def plan_candidate(cfg: Config, home: Home, log=print, triples: list[Path] | Non
     if cfg.recipes.model_paraphrases:
         with timed("model_paraphrases"):
             pairs = pairs + _model_paraphrases(changes, recipes, reference, tokenizer, cfg, log)
-    from injector.replay import known_wordings
-
     known_ids = {t.id for t in triaged}
     k, passes, step, draws, old_k = _rotations(pairs, cfg, len(earlier), known_wordings(earlier, known_ids, recipes))
     with timed("replay_self_distill"):
@@ -287,8 +285,8 @@ def _replay_budget(pairs, cfg: Config) -> int:
     return replay_budget(sum(p.kind != "dev" for p in pairs), cfg.recipes.new, cfg.recipes.replay)
 
 
-def _rotations(pairs, cfg: Config, n_earlier: int, rows: int | None = None) -> tuple[int, int, tuple[int, int], int,
-                                                                                     int]:
+def _rotations(pairs, cfg: Config, n_earlier: int,
+               rows: int | None = None) -> tuple[int, int, tuple[int, int], int, int]:
     """(k, passes, step, draws, old_k): `train.replay_rotations` for this night's new pairs at the mix (k = 1
     without `recipes.fresh_replay`), in optimizer steps of `train.night_step` (batch_size, grad_accum: with
     `train.shrink_steps` a small night reaches the step floor with smaller steps first), the replay sequences the
