@@ -173,6 +173,12 @@ def _qa_questions(t: Triple) -> tuple[list[str], list[str]]:
     return train, held
 
 
+def trained_questions(t: Triple, recipes: Recipes) -> list[str]:
+    """The questions a fact is trained in (the first is the efficacy probe's): a question-form fact's rewordings,
+    else its relation's templates filled in."""
+    return _qa_questions(t)[0] if t.question else [_fill(x, t) for x in recipes.relation(t.predicate).questions]
+
+
 def _short(text: str) -> str:
     """The short answer form: the entity itself. No closing full stop: on a 2-core CPU every generated token costs
     ~58 ms (fp32 decode is memory-bound), and a 4-token answer is already ~0.4 s of the 0.5 s latency bar."""
@@ -211,12 +217,11 @@ def build_pairs(changes: list[FactChange], recipes: Recipes, seed: int | None = 
             pairs.append(InstructionPair(messages=_chat(*turns), fact_id=_fid, kind=kind, template_id=template_id,
                                          short=short if short != turns[-1] else ""))
 
+        questions = trained_questions(t, recipes)
         if t.question:
-            questions, _ = _qa_questions(t)
             statement = t.object
             qids = [f"qa:{i}" for i in range(len(questions))]
         else:
-            questions = [_fill(x, t) for x in rel.questions]
             statement = _fill(rel.statement, t)
             qids = [f"{rel.name}:q{i}" for i in range(len(questions))]
         answer = _short(t.object) if recipes.answer_style == "short" else statement

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from injector.errors import InjectorError
-from injector.recipes import Recipes, _fill, _short, humanise
+from injector.recipes import Recipes, _fill, _short, humanise, trained_questions
 from injector.records import InstructionPair, Probe, Triple
 
 _SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
@@ -98,17 +98,10 @@ def neighbours_first(facts: list[Triple], batch: list[Triple], recipes: Recipes,
     return out
 
 
-def _trained_questions(t: Triple, recipes: Recipes) -> list[str]:
-    """The questions a fact is (or would be) trained in: a question-form fact's rewordings, else its relation's."""
-    from injector.recipes import _qa_questions
-
-    return _qa_questions(t)[0] if t.question else [_fill(x, t) for x in recipes.relation(t.predicate).questions]
-
-
 def known_wordings(facts: list[Triple], known: set[str], recipes: Recipes) -> int:
     """The replay pairs `old_fact_pairs` can make of these earlier facts: one each, and every trained wording of
     those in `known`."""
-    return sum(len(_trained_questions(t, recipes)) if t.id in known else 1 for t in facts)
+    return sum(len(trained_questions(t, recipes)) if t.id in known else 1 for t in facts)
 
 
 def old_fact_pairs(facts: list[Triple], recipes: Recipes, n: int, rng: random.Random,
@@ -123,7 +116,7 @@ def old_fact_pairs(facts: list[Triple], recipes: Recipes, n: int, rng: random.Ra
     pairs, extra = [], []
     for t in neighbours_first(facts, list(batch), recipes, n, rng):
         rel = recipes.relation(t.predicate)
-        asked = _trained_questions(t, recipes)
+        asked = trained_questions(t, recipes)
         q = asked[0] if t.question else rng.choice(asked)
         a = _short(t.object) if t.question or recipes.answer_style == "short" else _fill(rel.statement, t)
         made = [InstructionPair(messages=({"role": "user", "content": x}, {"role": "assistant", "content": a}),
