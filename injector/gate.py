@@ -23,8 +23,9 @@ class Absolute(_Strict):
     min_changed: float = Field(0.85, ge=0, le=1)
     # held-out phrasings of another family (eval/phrasings.<lang>.yaml); None: reported, not gated
     min_other_family: float | None = Field(None, ge=0, le=1)
-    # gated only where the reference itself meets it (else reported as information): the same weights answer in
-    # 381 ms on one 2-core machine and 753 ms on another; what a candidate can change is caught by the ratio below
+    # gated only where the reference meets it with the latency ratio's room (else reported as information): the
+    # same weights answer in 381 ms on one 2-core machine and 753 ms on another; what a candidate can change is
+    # caught by the ratios below
     max_latency_ms_p95: float = Field(500.0, gt=0)
     max_kl_drift: float | None = Field(None, gt=0)  # nats/token; None: reported, not gated
 
@@ -85,7 +86,13 @@ def decide(metrics: dict[str, float], thresholds: Thresholds, reference: dict[st
     ref_p95 = (reference or {}).get("latency_ms_p95")
     ref_timed = ref_p95 is not None and math.isfinite(ref_p95) and ref_p95 > 0
     latency = _check("latency_ms_p95", metrics.get("latency_ms_p95"), a.max_latency_ms_p95, "<=")
-    if ref_timed and ref_p95 > a.max_latency_ms_p95:  # this machine cannot meet the bar even with the reference
+    # the bar binds where the reference meets it with room for the slowdown the ratio check tolerates: between
+    # bar / max_latency_ratio and the bar, a candidate as fast as the reference crosses it on one longer answer (a
+    # p95 over a dozen probes is the second-longest answer's time; continual MQuAKE night 4 at stop 25: reference
+    # 429 ms, candidate 879 ms, equal-length ratio 0.945, same mean answer length; docs/BENCHMARKS.md). There the
+    # machine, not the candidate, decides it: information, with speed and length gated by the ratios
+    room = r.max_latency_ratio or 1.0
+    if ref_timed and ref_p95 * room > a.max_latency_ms_p95:
         latency = Check(latency.name, latency.value, latency.bound, latency.op, passed=True, gated=False)
     checks = [
         _check("efficacy", metrics.get("efficacy") if n("efficacy") else None, a.min_efficacy, ">="),

@@ -41,7 +41,13 @@ OK = {"efficacy": 0.9, "n_efficacy": 10, "generalisation": 0.6, "n_generalisatio
         # latency: the absolute bar binds only where the reference meets it; the ratio always binds
         ({"latency_ms_p95": 700.0}, {"latency_ms_p95": 650.0}, True, []),  # slow machine: info + ratio 1.08
         ({"latency_ms_p95": 1000.0}, {"latency_ms_p95": 650.0}, False, ["latency_ratio"]),  # 1.54 > 1.5
-        ({"latency_ms_p95": 501.0}, {"latency_ms_p95": 400.0}, False, ["latency_ms_p95"]),  # reference meets it
+        # the reference meets the bar with the ratio's room (330 x 1.5 < 500): the candidate's longer answers cross it
+        ({"latency_ms_p95": 501.0, "latency_ms_p95_equal_length": 400.0},
+         {"latency_ms_p95": 330.0, "latency_ms_p95_equal_length": 400.0}, False, ["latency_ms_p95"]),
+        # the reference meets the bar but not with the ratio's room: one longer answer of an equally fast candidate
+        # crosses it (continual MQuAKE night 4, stop 25): information
+        ({"latency_ms_p95": 879.0, "latency_ms_p95_equal_length": 879.0},
+         {"latency_ms_p95": 429.0, "latency_ms_p95_equal_length": 929.0}, True, []),
         # timed at equal length too: the ratio is of speed on the same work, not of the longest free answers
         ({"latency_ms_p95": 1500.0, "latency_ms_p95_equal_length": 900.0},
          {"latency_ms_p95": 840.0, "latency_ms_p95_equal_length": 880.0}, True, []),
@@ -62,7 +68,7 @@ OK = {"efficacy": 0.9, "n_efficacy": 10, "generalisation": 0.6, "n_generalisatio
 def test_decide(change, reference, passed, failing):
     d = decide({**OK, **change}, T, reference=reference, compared_with="base")
     assert d.passed is passed
-    if reference and reference.get("latency_ms_p95", 0) > 500:
+    if reference and reference.get("latency_ms_p95", 0) * 1.5 > 500:
         assert {r["check"]: r["verdict"] for r in d.table()}["latency_ms_p95"] == "info"
     assert [c.name for c in d.checks if not c.passed] == failing
     assert all({"check", "value", "bound", "verdict"} <= set(row) for row in d.table())
