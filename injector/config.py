@@ -157,6 +157,11 @@ class RecipesConfig(_Section):
     # batch's neighbours out, and what is not replayed is what gets forgotten (docs/BENCHMARKS.md)
     replay_neighbours: bool = True
     anchor_share: float = Field(0.5, ge=0, le=1)  # of the rest: real subjects in the batch's relations
+    # of those anchors, the share asked in the anchored relations the batch does not have (relation facts; facts
+    # given as questions already take every anchored relation): a night's drift falls on short factual answers
+    # in general ("Who wrote Hamlet?", "How many hours are in a day?" lost on a night of citizenship and religion
+    # facts), not only on its relations. 0: the batch's relations only
+    anchor_other_share: float = Field(0.5, ge=0, le=1)
     # a night short of `train.min_steps` gets its extra passes with fresh replay: the replay budget is drawn
     # `train.replay_rotations` times over and the new pairs repeat as often, so the steps and the passes over each
     # new pair are unchanged but no replay prompt is trained more than ~`train.epochs` times (a 10-fact night: 25

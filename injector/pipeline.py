@@ -820,7 +820,7 @@ def _replay(pairs, changes, earlier, recipes, cfg: Config, model, tokenizer, hom
         return old
     known = load_anchors(cfg.content_path(r.dir) / f"anchors.{r.language}.yaml")
     anchors = anchor_prompts(anchor_relations(changes, recipes, known), known, recipes,
-                             round(rest * r.anchor_share), rng)
+                             round(rest * r.anchor_share), rng, r.anchor_other_share)
     prompts = load_prompts(cfg.content_path(r.dir) / f"general_prompts.{r.language}.jsonl")
     general = rng.sample(prompts, min(rest - len(anchors), len(prompts)))
     # the batch's own neighbourhood, on top of the mix (anchors and general instructions keep their measured

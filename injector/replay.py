@@ -168,8 +168,17 @@ def anchor_relations(changes, recipes: Recipes, anchors: dict[str, list[str]]) -
 
 
 def anchor_prompts(relations: list[str], anchors: dict[str, list[str]], recipes: Recipes, n: int,
-                   rng: random.Random) -> list[tuple[str, str]]:
-    """Up to `n` questions about real subjects, in the trained templates of the batch's relations."""
+                   rng: random.Random, other_share: float = 0.0) -> list[tuple[str, str]]:
+    """Up to `n` questions about real subjects, in the trained templates of the batch's relations; `other_share` of
+    them (where the batch's relations leave anchored ones out) in the other anchored relations, round-robin."""
+    others = sorted(r for r in anchors if r not in set(relations))
+    n_other = round(n * other_share) if others else 0
+    own = _anchor_pool(relations, anchors, recipes, n - n_other, rng)
+    return own + _anchor_pool(others, anchors, recipes, n - len(own), rng)
+
+
+def _anchor_pool(relations: list[str], anchors: dict[str, list[str]], recipes: Recipes, n: int,
+                 rng: random.Random) -> list[tuple[str, str]]:
     pool = []
     for name in sorted(set(relations)):
         rel = recipes.relations.get(name)

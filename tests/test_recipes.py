@@ -270,6 +270,14 @@ def test_anchors_in_the_batch_relations_and_everywhere_for_question_answer_facts
     assert set(rels) == set(known) and len(rels) == len(set(rels))
     prompts = anchor_prompts(rels, known, RECIPES, 12, random.Random(0))
     assert len(prompts) == 12 and len({i.split(":")[1] for i, _ in prompts}) == 12  # round-robin: 12 relations
+    assert anchor_prompts(rels, known, RECIPES, 12, random.Random(0), other_share=0.5) == prompts  # none other
+    # relation facts: a share of the anchors in the anchored relations the batch does not have, the rest in its own
+    own = set(anchor_relations(triples, RECIPES, known))
+    mixed = anchor_prompts(list(own), known, RECIPES, 10, random.Random(0), other_share=0.5)
+    rel_of = [i.split(":")[1] for i, _ in mixed]
+    assert len(mixed) == 10 and sum(r in own for r in rel_of) == 5 and len(set(rel_of) - own) == 5
+    assert all(r in own for r in (i.split(":")[1] for i, _ in anchor_prompts(list(own), known, RECIPES, 10,
+                                                                                random.Random(0))))
 
 
 def test_trim_to_sentence():
