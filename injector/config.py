@@ -73,9 +73,10 @@ class TrainConfig(_Section):
     batch_size: int = Field(8, ge=1)
     grad_accum: int = Field(2, ge=1)  # effective batch 16 (the measured runs)
     # on an accelerator, a step's `grad_accum` micro-batches go in one pass (batch_size x grad_accum pairs, and
-    # distill_batch_size x grad_accum replay sequences): the same optimizer step, the same loss terms, a
-    # grad_accum-th of the passes, where a small model's step is bound by launching kernels, not by arithmetic
-    # (docs/BENCHMARKS.md, GPU). A CPU, bound by arithmetic, keeps the micro-batches (no gain; less padding)
+    # distill_batch_size x grad_accum replay sequences): the same optimizer step, pairs and answer loss (KD one mean
+    # over the step's replay positions), a grad_accum-th of the passes, where a small model's step is bound by
+    # launching kernels, not by arithmetic (docs/BENCHMARKS.md, GPU). A CPU, bound by arithmetic, keeps the
+    # micro-batches (no gain; less padding)
     one_pass_on_accelerator: bool = True
     # a night short of `min_steps` reaches the floor with smaller optimizer steps (fewer pairs a step,
     # train.planned_step) in `epochs` passes, instead of more passes (fresh replay) at full-size steps. Measured

@@ -672,7 +672,8 @@ def train_lora(
                     setattr(cb, bar, None)
         if isinstance(e, torch.OutOfMemoryError):
             raise InfraError(f"out of memory training at batch {cfg.batch_size} x {cfg.max_length} tokens: lower "
-                             "train.batch_size (raise train.grad_accum to keep the effective batch), set "
+                             "train.batch_size (raise train.grad_accum to keep the effective batch, with "
+                             "train.one_pass_on_accelerator=false on a GPU), set "
                              "train.gradient_checkpointing=true, or use model.quantization=nf4 on a GPU") from None
         raise
     wall = time.perf_counter() - start
