@@ -171,7 +171,7 @@ def anchor_prompts(relations: list[str], anchors: dict[str, list[str]], recipes:
                    rng: random.Random, other_share: float = 0.0) -> list[tuple[str, str]]:
     """Up to `n` questions about real subjects, in the trained templates of the batch's relations; `other_share` of
     them (where the batch's relations leave anchored ones out) in the other anchored relations, round-robin."""
-    others = sorted(r for r in anchors if r not in set(relations))
+    others = sorted(set(anchors) - set(relations))
     n_other = round(n * other_share) if others else 0
     own = _anchor_pool(relations, anchors, recipes, n - n_other, rng)
     return own + _anchor_pool(others, anchors, recipes, n - len(own), rng)

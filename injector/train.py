@@ -585,7 +585,7 @@ def train_lora(
     from transformers.trainer_callback import ProgressCallback
     from trl import SFTConfig
 
-    from injector.models import BaseModelRef, load_base, load_tokenizer
+    from injector.models import BaseModelRef, device, load_base, load_tokenizer
 
     pairs = list(pairs) + [p for p in pairs if p.origin == "new" and p.kind != "dev"] * (new_repeats - 1)
     cfg = cfg.model_copy(update={"epochs": epochs}) if epochs else cfg
@@ -626,7 +626,7 @@ def train_lora(
     if step or cfg.shrink_steps:  # the plan's (counted before the new pairs' repeats), or this mix's
         batch, accum = step or planned_step(cfg, len(rows), dist.world)
         cfg = cfg.model_copy(update={"batch_size": batch, "grad_accum": accum})
-    cfg = one_pass_step(cfg, accelerator=next(model.parameters()).device.type != "cpu")
+    cfg = one_pass_step(cfg, accelerator=device() != "cpu")  # the device policy's, where load_base put it
     cfg = cfg.model_copy(update={"epochs": planned_epochs(cfg, len(rows), dist.world, nearest=new_repeats > 1),
                                  "learning_rate": planned_learning_rate(cfg, len(rows), dist.world)})
     with warnings.catch_warnings():
