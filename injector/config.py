@@ -108,7 +108,8 @@ class TrainConfig(_Section):
     # EWC anchored at the starting adapter (run 8: locality 0.77 at lambda 5e-4 with replay; kept with distillation)
     ewc_lambda: float = Field(5e-4, ge=0)
     # logit distillation on the replay text against the starting model (docs/BENCHMARKS.md runs 9-10: general PPL
-    # +45% -> +0.6%, locality 0.77 -> 0.93 of base on the demo)
+    # +45% -> +0.6%, locality 0.77 -> 0.93 of base on the demo). 6 on zsRE 40 (stop 27): locality 0.911 -> 0.893
+    # of base, the same capitals lost: the weight is not what leaves them
     distill_weight: float = Field(3.0, ge=0)
     # with sentence answers (data_recipes/mix.yaml answer_style): the loss weight of the entity an answer states and
     # its question does not name (train.entity_weights), against 1 for the answer's other tokens. The answer loss is
@@ -135,6 +136,12 @@ class TrainConfig(_Section):
     # () trains them with hard labels too, as before stop 22.
     kd_only: tuple[Literal["general", "anchor", "subject"], ...] = SELF_DISTILLED
     distill_top_k: int = Field(32, ge=1)
+    # the most passes over one self-distilled replay prompt (pipeline._kd_pool: the night draws steps x micro-batches
+    # x distill_batch_size / this many distinct prompts). null: train.epochs. 1: each prompt distilled about once,
+    # k x the distinct prompts for k x the self-distillation and teacher pass. Measured at 1 on zsRE 40 (360
+    # prompts, not 86; docs/BENCHMARKS.md, stop 27): locality 0.911 -> 0.893 of base, the same capitals lost, the
+    # night 875 -> 1,003 s: null by default
+    distill_passes: int | None = Field(None, ge=1)
     seed: int = 0
     lora: LoraConfig = LoraConfig()
 

@@ -328,7 +328,7 @@ def _kd_pool(cfg: Config, draws: int) -> int:
     sequences its training distils (`draws`) over `train.epochs` passes, so that no prompt is distilled much more
     than a new pair is trained. The mix's share alone gave a 6-fact night in smaller steps 7 prompts for 180
     draws (MQuAKE continual night 5: locality 0.891 of the champion). 0 where they make training rows."""
-    return math.ceil(draws / cfg.train.epochs) if _own_answers_kd_only(cfg) else 0
+    return math.ceil(draws / (cfg.train.distill_passes or cfg.train.epochs)) if _own_answers_kd_only(cfg) else 0
 
 
 def _own_answers_kd_only(cfg: Config) -> bool:

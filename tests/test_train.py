@@ -330,6 +330,8 @@ def test_the_model_s_own_replay_covers_what_the_training_distils():
     cfg = Config()
     assert planned_steps(cfg.train.model_copy(update={"batch_size": 5, "grad_accum": 1}), 101) == 105  # 21 x 5
     assert _kd_pool(cfg, 90 * 1 * 2) == 36
+    once = cfg.model_copy(update={"train": cfg.train.model_copy(update={"distill_passes": 1})})
+    assert _kd_pool(once, 90 * 1 * 2) == 180  # each prompt distilled about once
     hard = cfg.model_copy(update={"train": cfg.train.model_copy(update={"kd_only": []})})
     assert _kd_pool(hard, 180) == 0  # hard-labelled: they make rows, which the step plan counts
 
