@@ -4,7 +4,7 @@
 
 Each spec is CHECKPOINT:SCALE, where CHECKPOINT is `final` (the night's adapter) or an optimizer step that the night
 checkpointed (runs/<run>/checkpoints/checkpoint-<step>), and SCALE multiplies the LoRA update (1.0: as trained).
-The base model in H/models gets the adapter merged, then answers the night's efficacy, held-out paraphrase
+The base model (cached in H/models) gets the adapter merged, then answers the night's efficacy, held-out paraphrase
 (`generalisation`) and locality probes by generation (the evaluation's decode budgets and judge; the questions are
 read from the night's report/eval_after.json). Prints one line of counts per spec and the locality probes it got
 wrong, with the start of each answer. Run it on a home that `scripts/night.py` left behind (the latest run).
@@ -13,7 +13,6 @@ wrong, with the start of each answer. Run it on a home that `scripts/night.py` l
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import sys
@@ -28,39 +27,38 @@ KINDS = ("efficacy", "generalisation", "locality")
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--home", type=Path, required=True)
+    ap.add_argument("--base", default="embedded", help="model.name of the night's config (default: embedded)")
     ap.add_argument("--max-new-tokens", type=int, default=24)
     ap.add_argument("specs", nargs="+", help="CHECKPOINT:SCALE, e.g. final:1.0 72:1.0 final:0.8")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
+    from injector.errors import InjectorError
     from injector.evaluate import evaluate
-    from injector.models import load_tokenizer
+    from injector.home import Home
+    from injector.models import load_tokenizer, load_with_adapter, resolve_base
     from injector.records import Probe
 
-    reports = sorted(glob.glob(str(args.home / "runs" / "*" / "report" / "eval_after.json")))
+    home = Home.from_env(args.home)
+    reports = sorted(home.runs.glob("*/report/eval_after.json"))
     if not reports:
-        sys.exit(f"{args.home}: no runs/*/report/eval_after.json (run scripts/night.py --home {args.home} first)")
-    run = Path(reports[-1]).parent.parent
-    probes = [Probe(question=r["question"], answers=tuple(r["answers"]), kind=r["kind"], fact_id=r["fact_id"],
-                    relation=r["relation"], forbidden=tuple(r["forbidden"]), messages=tuple(r["messages"]))
-              for r in json.loads(Path(reports[-1]).read_text())["rows"] if r["kind"] in KINDS]
-    base_dir = next((p for p in (args.home / "models").iterdir() if (p / "config.json").exists()), None) \
-        if (args.home / "models").is_dir() else None
-    if base_dir is None:
-        sys.exit(f"{args.home / 'models'}: no cached base model")
-    tok = load_tokenizer(str(base_dir))
+        sys.exit(f"{home.runs}: no */report/eval_after.json (run scripts/night.py --home {args.home} first)")
+    run = reports[-1].parent.parent
+    names = set(Probe.__dataclass_fields__)  # the rows are the probes as report.py wrote them, with their answers
+    probes = [Probe(**{k: tuple(v) if isinstance(v, list) else v for k, v in r.items() if k in names})
+              for r in json.loads(reports[-1].read_text())["rows"] if r["kind"] in KINDS]
+    try:
+        ref = resolve_base(args.base, home.models)
+    except InjectorError as e:
+        sys.exit(str(e))
+    tok = load_tokenizer(ref.path)
     print(f"run {run.name}: " + ", ".join(f"{sum(p.kind == k for p in probes)} {k}" for k in KINDS))
     for spec in args.specs:
         ck, _, scale = spec.partition(":")
         path = run / "adapter" if ck == "final" else run / "checkpoints" / f"checkpoint-{ck}"
         if not path.is_dir():
             sys.exit(f"{spec}: no adapter at {path}")
-        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32),
-                                          str(path))
+        model = load_with_adapter(ref, str(path), merge=False)  # a fresh base each spec: merging changes it
         for module in model.modules():  # LoRA layers: the update is scaling x B @ A
             if isinstance(getattr(module, "scaling", None), dict) and "default" in module.scaling:
                 module.scaling["default"] *= float(scale or 1)
