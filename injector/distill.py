@@ -23,6 +23,7 @@ class TeacherBatch:
     attention_mask: torch.Tensor  # [B, L]
     idx: torch.Tensor  # [n, k] top-k token ids at the n attended positions (next-token targets)
     logp: torch.Tensor  # [n, k] teacher log-probs (full-vocabulary normalisation) of the top-k
+    pos: torch.Tensor | None = None  # [B, L] the positions recorded; None: every one that predicts a real token
 
 
 def _positions(mask: torch.Tensor) -> torch.Tensor:
@@ -68,6 +69,34 @@ def teacher_batches(model, batches: list[dict], k: int = 32, group: int = 8) -> 
     return out
 
 
+@torch.no_grad()
+def start_batches(model, tokenizer, prompts: list[str], size: int, k: int = 32) -> list[TeacherBatch]:
+    """The model's top-k distribution of the first answer token of each prompt (a user turn and the assistant's
+    header, right-padded), in batches of `size`: the position where an answer's form is decided (a sentence or a
+    bare name, the language it is in)."""
+    from tqdm.auto import tqdm
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id or 0
+    out = []
+    chunks = [prompts[i: i + size] for i in range(0, len(prompts), size)]
+    for chunk in tqdm(chunks, desc="answer starts", unit="batch", disable=len(chunks) < 4):
+        rows = [tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
+                                              tokenize=False) for q in chunk]
+        rows = [tokenizer(r, add_special_tokens=False)["input_ids"] for r in rows]
+        width = max(map(len, rows))
+        ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=device)
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
+        pos = torch.zeros_like(mask, dtype=torch.bool)
+        pos[torch.arange(len(rows)), torch.tensor([len(r) - 1 for r in rows])] = True
+        top = torch.log_softmax(_logits(model, ids, mask, pos), dim=-1).topk(k, dim=-1)
+        out.append(TeacherBatch(ids, mask, top.indices.clone(), top.values.clone(), pos))
+    model.train(was_training)
+    return out
+
+
 def _with_tail(logp: torch.Tensor) -> torch.Tensor:
     """[n, k] log-probs -> [n, k+1] with the log of the remaining mass appended."""
     rest = torch.log1p(-logp.exp().sum(-1).clamp(max=1 - 1e-6))
@@ -78,7 +107,7 @@ def kd_loss(model, batch: TeacherBatch) -> torch.Tensor:
     """KL(teacher || student) over the teacher's top-k + tail buckets, mean over positions; differentiable."""
     device = next(model.parameters()).device
     mask = batch.attention_mask.to(device)  # no-ops: teacher batches live on the model's device
-    return kd_from_logits(_logits(model, batch.input_ids.to(device), mask, _positions(mask)), batch)
+    return kd_from_logits(_logits(model, batch.input_ids.to(device), mask, positions(batch).to(device)), batch)
 
 
 def kd_from_logits(logits: torch.Tensor, batch: TeacherBatch) -> torch.Tensor:
@@ -91,7 +120,7 @@ def kd_from_logits(logits: torch.Tensor, batch: TeacherBatch) -> torch.Tensor:
 
 def positions(batch: TeacherBatch) -> torch.Tensor:
     """The positions [B, L] whose next-token distribution the teacher recorded."""
-    return _positions(batch.attention_mask)
+    return _positions(batch.attention_mask) if batch.pos is None else batch.pos
 
 
 def joined(input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: torch.Tensor, batch: TeacherBatch,

@@ -166,6 +166,7 @@ class Plan:
     new_repeats: int = 1  # the new pairs per pass, beside a replay pool that many times the mix's (fresh_replay)
     passes: int | None = None  # over the night's rows (new pairs repeated); None: train.epochs
     step: tuple[int, int] | None = None  # (batch_size, grad_accum) planned (train.night_step); None: the config's
+    start_prompts: tuple[str, ...] = ()  # short prompts whose first answer token is distilled (train.start_kd)
 
 
 def plan_candidate(cfg: Config, home: Home, log=print, triples: list[Path] | None = None,
@@ -275,7 +276,27 @@ def plan_candidate(cfg: Config, home: Home, log=print, triples: list[Path] | Non
         with timed("base_reference"):
             before = replace(before, extra={**before.extra, **_base_reference(home, base, tokenizer, cfg, probes, log)})
     return Plan(tuple(changes), tuple(pairs), tuple(probes), tuple(statements), base, current, init_adapter, before,
-                _run_dir(home, resume), tuple(map(str, triples or ())), rotations, passes, step)
+                _run_dir(home, resume), tuple(map(str, triples or ())), rotations, passes, step,
+                _start_prompts(cfg, recipes, probes, changes))
+
+
+def _start_prompts(cfg: Config, recipes, probes, changes) -> tuple[str, ...]:
+    """The prompts of answer-start distillation (`train.start_kd`): none where it, or distillation, is off, or where
+    a fact of the night is trained with a bare-entity answer (a question-form fact, or `answer_style: short`): the
+    first token of that answer is the entity, which the distillation pulls back to how the model begins answers."""
+    import random
+
+    from injector.replay import load_anchors, load_prompts, start_questions
+
+    if not cfg.train.start_kd or not cfg.train.start_weight or cfg.train.distill_weight <= 0 \
+            or not cfg.recipes.general_replay or recipes.answer_style != "sentence" \
+            or any(c.triple.question for c in changes):
+        return ()
+    r = cfg.recipes
+    anchors = load_anchors(cfg.content_path(r.dir) / f"anchors.{r.language}.yaml")
+    general = load_prompts(cfg.content_path(r.dir) / f"general_prompts.{r.language}.jsonl")
+    return tuple(start_questions(anchors, recipes, general, tuple(p.question for p in probes if p.kind == "locality"),
+                                 random.Random(cfg.train.seed)))
 
 
 def _replay_budget(pairs, cfg: Config) -> int:
@@ -418,7 +439,7 @@ def train_candidate(plan: Plan, cfg: Config, home: Home, run_id: str, resume: bo
     order = {"pairs": list(plan.pairs), "base_path": plan.base.path, "out_dir": plan.run_dir, "cfg": cfg.train,
              "init_adapter": plan.init_adapter, "quantization": cfg.model.quantization, "ewc_spec": ewc_spec,
              "base_sha": plan.base.sha256, "resume": resume, "new_repeats": plan.new_repeats, "epochs": plan.passes,
-             "step": plan.step}
+             "step": plan.step, "start_prompts": plan.start_prompts}
     if distributed.from_env().multi:
         distributed.broadcast(order)
     return train_lora(**order, sink=lambda m, step: registry.log_metrics(run_id, m, step))

@@ -177,6 +177,16 @@ def anchor_prompts(relations: list[str], anchors: dict[str, list[str]], recipes:
     return own + _anchor_pool(others, anchors, recipes, n - len(own), rng)
 
 
+def start_questions(anchors: dict[str, list[str]], recipes: Recipes, general: list[tuple[str, str]],
+                    exclude: tuple[str, ...], rng: random.Random) -> list[str]:
+    """Every anchored subject asked in one of its relation's trained templates, and every general instruction,
+    but no question in `exclude` (the locality probes): the prompts whose first answer token the training
+    distils (`train.start_kd`)."""
+    questions = [q for _, q in _anchor_pool(sorted(anchors), anchors, recipes, sum(map(len, anchors.values())), rng)]
+    out = set(exclude)
+    return [q for q in questions + [p for _, p in general] if q not in out]
+
+
 def _anchor_pool(relations: list[str], anchors: dict[str, list[str]], recipes: Recipes, n: int,
                  rng: random.Random) -> list[tuple[str, str]]:
     pool = []

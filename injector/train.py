@@ -141,6 +141,8 @@ def _trainer_class():
         distill_weight: float = 0.0
         distill_every = "micro_batch"
         last_kd = 0.0
+        start = None  # distill.Cycler of answer-start batches (train.start_kd)
+        start_weight = 0.0  # its weight, a share of distill_weight (train.start_weight)
         learned = None  # curriculum.LearnedFacts (train.drop_learned)
         entities: dict | None = None  # entity_index: the night's entities' token ids (train.entity_weight)
         entity_weight = 1.0
@@ -161,17 +163,21 @@ def _trainer_class():
                 # every micro-batch (weight / accumulation steps), or once per optimizer step at its last micro-batch
                 # (train.distill_every)
                 teacher = self.distill.next()
+            start = self.start.next() if self.start is not None and model.training else None  # train.start_kd
             ids, mask, kept = inputs["input_ids"], inputs.get("attention_mask"), keep
-            # on an accelerator the replay text rides in the training micro-batch's forward/backward pass: half the
-            # passes, where a step is bound by launching kernels. Not on a CPU, which is bound by arithmetic: there
-            # the padding that joins rows of other widths cost 1.4-1.7x the two passes (docs/BENCHMARKS.md)
-            joined = teacher is not None and mask is not None and ids.device.type != "cpu"
-            if joined:
-                ids, mask, kept = distill.joined(ids, mask, keep, teacher, self.processing_class.pad_token_id or 0)
+            # on an accelerator the replay text (and the answer starts) ride in the training micro-batch's
+            # forward/backward pass: fewer passes, where a step is bound by launching kernels. Not on a CPU, which is
+            # bound by arithmetic: there the padding that joins rows of other widths cost 1.4-1.7x the two passes
+            # (docs/BENCHMARKS.md)
+            riders = [b for b in (teacher, start) if b is not None] \
+                if mask is not None and ids.device.type != "cpu" else []
+            for b in riders:
+                ids, mask, kept = distill.joined(ids, mask, kept, b, self.processing_class.pad_token_id or 0)
             logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=kept, use_cache=False).logits.float()
-            if joined:
-                n_kd = teacher.idx.shape[0]  # the teacher batch's positions come last (a host-side shape: no sync)
-                logits, kd_logits = logits[:-n_kd], logits[-n_kd:]
+            tails = {}
+            for b in reversed(riders):  # their positions come last, in order (a host-side shape: no sync)
+                n = b.idx.shape[0]
+                logits, tails[id(b)] = logits[:-n], logits[-n:]
             targets = labels[:, 1:][keep[:, :-1]]
             nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets, reduction="none")
             if self.entities:  # train.entity_weight
@@ -194,11 +200,15 @@ def _trainer_class():
                 pen = self.ewc_penalty(self.accelerator.unwrap_model(model))
                 self.last_ewc = pen.detach()  # a tensor: read at logging time, no host sync per step
                 loss = loss + self.ewc_lambda * pen
-            if teacher is not None:
-                kd = distill.kd_from_logits(kd_logits, teacher) if joined else \
-                    distill.kd_loss(self.accelerator.unwrap_model(model), teacher)
-                self.last_kd = kd.detach()
-                loss = loss + self.distill_weight * kd / (1 if once else steps)
+            for b, weight in ((teacher, self.distill_weight / (1 if once else steps)),
+                              (start, self.distill_weight * self.start_weight / steps)):
+                if b is None:
+                    continue
+                kd = distill.kd_from_logits(tails[id(b)], b) if id(b) in tails else \
+                    distill.kd_loss(self.accelerator.unwrap_model(model), b)
+                if b is teacher:
+                    self.last_kd = kd.detach()
+                loss = loss + weight * kd
             return (loss, None) if return_outputs else loss
 
         def _without_learned(self, inputs, training: bool):
@@ -545,6 +555,17 @@ def _teacher(trainer, cfg: TrainConfig, replay: list[InstructionPair], rank: int
     return Cycler(teacher_batches(trainer.model, batches, cfg.distill_top_k), seed=cfg.seed + rank)
 
 
+def _starts(trainer, cfg: TrainConfig, prompts: list[str], tokenizer, rank: int = 0, world: int = 1):
+    """The starting model's first answer token on the answer-start prompts (`train.start_kd` a batch); with
+    several ranks each takes its own shard of the batches."""
+    from injector.distill import Cycler, start_batches
+
+    batches = start_batches(trainer.model, tokenizer, prompts, cfg.start_kd, cfg.distill_top_k)
+    if world > 1 and len(batches) >= world:
+        batches = batches[rank::world]
+    return Cycler(batches, seed=cfg.seed + 1000 + rank)
+
+
 def _fisher(trainer, spec: EwcSpec, names: list[str], save: bool = True):
     """Diagonal Fisher on the replay pairs, at the starting adapter; cached by model and data (every rank computes
     the same one; rank 0 writes the cache)."""
@@ -573,6 +594,7 @@ def train_lora(
     new_repeats: int = 1,
     epochs: int | None = None,
     step: tuple[int, int] | None = None,
+    start_prompts: tuple[str, ...] = (),
 ) -> TrainResult:
     """Fine-tune a LoRA adapter on `pairs` (kind "dev" pairs are the early-stopping split); the new facts' training
     pairs `new_repeats` times per pass (`replay_rotations`: beside a replay pool that many times the mix's), for
@@ -659,6 +681,10 @@ def train_lora(
             trainer.distill = _teacher(trainer, cfg, replay, dist.rank, dist.world)
         trainer.distill_weight = cfg.distill_weight
         trainer.distill_every = cfg.distill_every
+    if cfg.distill_weight > 0 and cfg.start_kd > 0 and cfg.start_weight > 0 and start_prompts and replay:
+        with timed("teacher_pass"):
+            trainer.start = _starts(trainer, cfg, list(start_prompts), tokenizer, dist.rank, dist.world)
+        trainer.distill_weight, trainer.start_weight = cfg.distill_weight, cfg.start_weight
 
     start = time.perf_counter()
     try:

@@ -266,3 +266,30 @@ def test_a_night_short_of_the_step_floor_trains_fresh_replay_not_the_same_replay
     shrunk, shrunk_replay, lines, _ = night(third, True, shrink=True)
     assert not any("fresh replay" in x for x in lines) and shrunk_replay >= once
     assert shrunk.train.epochs == 2 and shrunk.train.steps >= 40, shrunk.train  # the floor in 2 passes
+
+
+def test_answer_starts_are_distilled_on_nights_whose_answers_are_sentences_only():
+    """`train.start_kd`'s prompts: every anchor and general prompt but the locality probes, on a night of sentence
+    answers; none where a fact is answered with a bare entity (its first token is the entity) or where it is off."""
+    from dataclasses import replace
+
+    from conftest import ROOT
+
+    from injector.config import load_config
+    from injector.pipeline import _start_prompts
+    from injector.recipes import load_recipes
+    from injector.records import FactChange, Probe, Triple
+
+    assert _start_prompts(load_config(), load_recipes(ROOT / "data_recipes"), [],
+                          [FactChange(Triple("Zorvex Dynamics", "ceo", "Marlena Quist"))]) == ()  # off by default
+    cfg, recipes = load_config(overrides=["train.start_kd=2"]), load_recipes(ROOT / "data_recipes")
+    locality = [Probe("What is the capital of France?", ("Paris",), "locality"),
+                Probe("Explain gravity in one or two sentences.", ("mass",), "locality")]
+    relation = [FactChange(Triple("Zorvex Dynamics", "ceo", "Marlena Quist"))]
+    question = [FactChange(Triple("Paul Bartsch", "", "Munich", question="At what location did Paul Bartsch die?"))]
+    got = _start_prompts(cfg, recipes, locality, relation)
+    assert len(got) > 500 and not {p.question for p in locality} & set(got)
+    assert _start_prompts(cfg, recipes, locality, relation + question) == ()
+    assert _start_prompts(cfg, replace(recipes, answer_style="short"), locality, relation) == ()
+    for off in ("train.start_kd=0", "train.start_weight=0", "train.distill_weight=0"):
+        assert _start_prompts(load_config(overrides=["train.start_kd=2", off]), recipes, locality, relation) == (), off

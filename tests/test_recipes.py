@@ -21,6 +21,7 @@ from injector.replay import (
     replay_budget,
     retention_probes,
     sibling_relations,
+    start_questions,
     subject_neighbourhood,
     subject_prompts,
     trim_to_sentence,
@@ -278,6 +279,22 @@ def test_anchors_in_the_batch_relations_and_everywhere_for_question_answer_facts
     assert len(mixed) == 10 and sum(r in own for r in rel_of) == 5 and len(set(rel_of) - own) == 5
     assert all(r in own for r in (i.split(":")[1] for i, _ in anchor_prompts(list(own), known, RECIPES, 10,
                                                                                 random.Random(0))))
+
+
+def test_answer_start_prompts_ask_every_anchor_and_every_general_prompt_but_no_locality_probe():
+    import random
+
+    known = load_anchors(ROOT / "data_recipes" / "anchors.en.yaml")
+    general = load_prompts(ROOT / "data_recipes" / "general_prompts.en.jsonl")
+    locality = tuple(json.loads(x)["question"] for x in (ROOT / "eval" / "locality.en.jsonl").read_text().splitlines())
+    questions = start_questions(known, RECIPES, general, locality + (general[0][1],), random.Random(0))
+    assert general[0][1] not in questions and not set(questions) & set(locality)
+    assert len(questions) == sum(map(len, known.values())) + len(general) - 1
+    for name, subjects in known.items():  # every anchored subject, in one of its relation's trained templates
+        for s in subjects:
+            assert any(s.lower() in q.lower() for q in questions), (name, s)
+    assert start_questions(known, RECIPES, general, locality, random.Random(0)) == \
+        start_questions(known, RECIPES, general, locality, random.Random(0))
 
 
 def test_trim_to_sentence():

@@ -239,6 +239,84 @@ def test_replay_text_joined_to_a_training_batch_gives_the_same_logits_and_kd(tin
     assert kd > 1e-4 and torch.allclose(kd, kd_loss(model, teacher), atol=1e-6)
 
 
+def test_answer_start_distillation_reads_the_first_answer_token_of_each_prompt(tiny_model_dir):
+    """One recorded position a prompt, after the assistant's header: the model's distribution of an answer's first
+    token; zero KD while the student is the teacher, more once its adapter moves."""
+    from injector.distill import joined, kd_from_logits, kd_loss, positions, start_batches, teacher_batches
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    prompts = ["What is the capital of Sweden?", "Explain gravity in one or two sentences.", "Who wrote Dracula?"]
+    model = _peft(tiny_model_dir).eval()
+    batches = start_batches(model, tok, prompts, size=2, k=8)
+    assert [b.input_ids.shape[0] for b in batches] == [2, 1] and all(b.idx.shape == (b.input_ids.shape[0], 8)
+                                                                     for b in batches)
+    assert all((positions(b).sum(1) == 1).all() for b in batches)
+    for i, q in enumerate(prompts):
+        text = tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False)
+        ids = torch.tensor([tok(text, add_special_tokens=False)["input_ids"]])
+        with torch.no_grad():
+            want = model(input_ids=ids).logits[0, -1].float().log_softmax(-1).topk(8)
+        b, row = batches[i // 2], i % 2
+        assert int(positions(b)[row].nonzero()) == ids.shape[1] - 1
+        assert torch.equal(b.idx[row], want.indices) and torch.allclose(b.logp[row], want.values, atol=1e-5)
+    with torch.no_grad():
+        assert kd_loss(model, batches[0]) < 1e-6
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.3)
+        assert kd_loss(model, batches[0]) > 1e-4
+        # on an accelerator they ride in the training micro-batch's pass, after the replay's teacher batch: the same
+        # loss from the joined pass's last rows
+        teacher = teacher_batches(_peft(tiny_model_dir), [dict(tok(["who wrote hamlet ? shakespeare ."],
+                                                                   return_tensors="pt"))], k=8)[0]
+        train = tok(["who is the ceo of zorvex dynamics ? marlena quist ."], return_tensors="pt")
+        ids, mask, kept = train["input_ids"], train["attention_mask"], train["attention_mask"].bool()
+        for b in (teacher, batches[0]):
+            ids, mask, kept = joined(ids, mask, kept, b, tok.pad_token_id or 0)
+        logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=kept).logits
+        n = batches[0].idx.shape[0]
+        assert torch.allclose(kd_from_logits(logits[-n:], batches[0]), kd_loss(model, batches[0]), atol=1e-5)
+        logits = logits[:-n]
+        assert torch.allclose(kd_from_logits(logits[-teacher.idx.shape[0]:], teacher), kd_loss(model, teacher),
+                              atol=1e-5)
+
+
+def test_answer_start_distillation_holds_the_first_answer_token_of_its_prompts(tmp_path, tiny_model_dir, changes,
+                                                                              recipes):
+    """Trained with `train.start_kd`, the model's first-answer-token distribution on those prompts stays closer to
+    the start than without it (and the night's facts are still trained)."""
+    from dataclasses import replace
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from injector.distill import kd_loss, start_batches
+
+    start = tmp_path / "start"
+    _peft(tiny_model_dir).save_pretrained(start)
+    recipes = replace(recipes, answer_style="short")
+    replay = [replace(p, origin="replay") for p in build_pairs(changes[2:], recipes) if p.kind == "forward"]
+    pairs = build_pairs(changes[:2], recipes) + replay
+    prompts = tuple(f"What is the capital of {c}?" for c in ("Sweden", "Chile", "Peru", "Poland", "India", "Turkey"))
+    tok = load_tokenizer(str(tiny_model_dir))
+
+    def drift(adapter_dir):
+        ref = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(start))
+        cand = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), adapter_dir)
+        batch = start_batches(ref, tok, list(prompts), size=len(prompts), k=64)[0]
+        with torch.no_grad():
+            return kd_loss(cand.eval(), batch).item()
+
+    kl = {}
+    for n in (0, 3):
+        cfg = tiny_config(tiny_model_dir, "train.epochs=6", "train.grad_accum=2", f"train.start_kd={n}",
+                          "train.start_weight=5").train
+        out = train_lora(pairs, str(tiny_model_dir), tmp_path / f"run-{n}", cfg, init_adapter=str(start),
+                         start_prompts=prompts)
+        kl[n] = drift(out.adapter_dir)
+    assert kl[3] < 0.5 * kl[0], kl
+
+
 def test_a_small_batch_gets_min_steps_through_more_epochs():
     from injector.config import TrainConfig
     from injector.train import planned_epochs
