@@ -426,14 +426,15 @@ def planned_step(cfg: TrainConfig, n_train: int, world_size: int = 1) -> tuple[i
 
 def one_pass_step(cfg: TrainConfig, accelerator: bool) -> TrainConfig:
     """On an accelerator (with `cfg.one_pass_on_accelerator`), an optimizer step's micro-batches as one: batch_size x
-    grad_accum pairs and distill_batch_size x grad_accum replay sequences in one pass. The step's data and loss are
-    the same (the answer loss is a sum over the step's answer tokens divided by their count, EWC once a step), but
-    for KD's mean: over the step's replay positions, not the micro-batches' means averaged. The kernels launched
-    are a grad_accum-th."""
+    grad_accum pairs, distill_batch_size x grad_accum replay sequences and start_kd x grad_accum answer starts in one
+    pass. The step's data and loss are the same (the answer loss is a sum over the step's answer tokens divided by
+    their count, EWC once a step), but for KD's mean: over the step's replay positions, not the micro-batches' means
+    averaged. The kernels launched are a grad_accum-th."""
     if not (accelerator and cfg.one_pass_on_accelerator) or cfg.grad_accum == 1:
         return cfg
     return cfg.model_copy(update={"batch_size": cfg.batch_size * cfg.grad_accum, "grad_accum": 1,
-                                  "distill_batch_size": cfg.distill_batch_size * cfg.grad_accum})
+                                  "distill_batch_size": cfg.distill_batch_size * cfg.grad_accum,
+                                  "start_kd": cfg.start_kd * cfg.grad_accum})
 
 
 def night_step(cfg: TrainConfig, n_pairs: int, world_size: int = 1) -> tuple[int, int]:

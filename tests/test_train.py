@@ -633,9 +633,9 @@ def test_on_an_accelerator_a_steps_micro_batches_go_in_one_pass_with_the_same_lo
     from injector.config import TrainConfig
     from injector.train import _trainer_class, one_pass_step
 
-    cfg = TrainConfig(batch_size=5, grad_accum=2, distill_batch_size=2)
+    cfg = TrainConfig(batch_size=5, grad_accum=2, distill_batch_size=2, start_kd=3)
     one = one_pass_step(cfg, accelerator=True)
-    assert (one.batch_size, one.grad_accum, one.distill_batch_size) == (10, 1, 4)
+    assert (one.batch_size, one.grad_accum, one.distill_batch_size, one.start_kd) == (10, 1, 4, 6)
     assert one_pass_step(cfg, accelerator=False) == cfg  # a CPU keeps its micro-batches
     assert one_pass_step(cfg.model_copy(update={"one_pass_on_accelerator": False}), accelerator=True).grad_accum == 2
     # the step's answer loss: two micro-batches, each over the step's answer-token count, sum to the one pass's
