@@ -70,24 +70,20 @@ def teacher_batches(model, batches: list[dict], k: int = 32, group: int = 8) -> 
 
 
 @torch.no_grad()
-def start_batches(model, tokenizer, prompts: list[str], size: int, k: int = 32) -> list[TeacherBatch]:
-    """The model's top-k distribution of the first answer token of each prompt (a user turn and the assistant's
-    header, right-padded), in batches of `size`: the position where an answer's form is decided (a sentence or a
-    bare name, the language it is in)."""
+def start_batches(model, prompts: list[list[int]], pad_id: int, size: int, k: int = 32) -> list[TeacherBatch]:
+    """The model's top-k distribution of the first answer token of each prompt (token ids of a user turn and the
+    assistant's header), right-padded in batches of `size`: the position where an answer's form is decided (a
+    sentence or a bare name, the language it is in)."""
     from tqdm.auto import tqdm
 
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id or 0
     out = []
     chunks = [prompts[i: i + size] for i in range(0, len(prompts), size)]
-    for chunk in tqdm(chunks, desc="answer starts", unit="batch", disable=len(chunks) < 4):
-        rows = [tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
-                                              tokenize=False) for q in chunk]
-        rows = [tokenizer(r, add_special_tokens=False)["input_ids"] for r in rows]
+    for rows in tqdm(chunks, desc="answer starts", unit="batch", disable=len(chunks) < 4):
         width = max(map(len, rows))
-        ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=device)
+        ids = torch.tensor([r + [pad_id] * (width - len(r)) for r in rows], device=device)
         mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
         pos = torch.zeros_like(mask, dtype=torch.bool)
         pos[torch.arange(len(rows)), torch.tensor([len(r) - 1 for r in rows])] = True

@@ -550,10 +550,13 @@ def _teacher(trainer, cfg: TrainConfig, replay: list[InstructionPair], rank: int
     takes its own shard of the replay batches: distinct KD batches per rank, averaged by DDP like the data loss."""
     from injector.distill import Cycler, teacher_batches
 
-    batches = _batches(trainer, replay, cfg.distill_batch_size, "distill")
-    if world > 1 and len(batches) >= world:
-        batches = batches[rank::world]
+    batches = _shard(_batches(trainer, replay, cfg.distill_batch_size, "distill"), rank, world)
     return Cycler(teacher_batches(trainer.model, batches, cfg.distill_top_k), seed=cfg.seed + rank)
+
+
+def _shard(batches: list, rank: int, world: int) -> list:
+    """This rank's share of the batches (every rank its own, averaged by DDP); all of them where too few."""
+    return batches[rank::world] if world > 1 and len(batches) >= world else batches
 
 
 def _starts(trainer, cfg: TrainConfig, prompts: list[str], tokenizer, rank: int = 0, world: int = 1):
@@ -561,10 +564,9 @@ def _starts(trainer, cfg: TrainConfig, prompts: list[str], tokenizer, rank: int 
     several ranks each takes its own shard of the batches."""
     from injector.distill import Cycler, start_batches
 
-    batches = start_batches(trainer.model, tokenizer, prompts, cfg.start_kd, cfg.distill_top_k)
-    if world > 1 and len(batches) >= world:
-        batches = batches[rank::world]
-    return Cycler(batches, seed=cfg.seed + 1000 + rank)
+    rows = [_chat_ids(tokenizer, [{"role": "user", "content": q}], prompt=True) for q in prompts]
+    batches = start_batches(trainer.model, rows, tokenizer.pad_token_id or 0, cfg.start_kd, cfg.distill_top_k)
+    return Cycler(_shard(batches, rank, world), seed=cfg.seed + 1000 + rank)  # a draw order of its own
 
 
 def _fisher(trainer, spec: EwcSpec, names: list[str], save: bool = True):

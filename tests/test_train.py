@@ -11,7 +11,7 @@ from injector.evaluate import evaluate
 from injector.models import BaseModelRef, load_tokenizer, load_with_adapter
 from injector.recipes import build_pairs, build_probes, load_recipes
 from injector.records import FactChange, InstructionPair, Triple
-from injector.train import NonFiniteLoss, resolve_precision, train_lora
+from injector.train import NonFiniteLoss, _chat_ids, resolve_precision, train_lora
 
 
 @pytest.fixture(scope="module")
@@ -247,7 +247,8 @@ def test_answer_start_distillation_reads_the_first_answer_token_of_each_prompt(t
     tok = load_tokenizer(str(tiny_model_dir))
     prompts = ["What is the capital of Sweden?", "Explain gravity in one or two sentences.", "Who wrote Dracula?"]
     model = _peft(tiny_model_dir).eval()
-    batches = start_batches(model, tok, prompts, size=2, k=8)
+    batches = start_batches(model, [_chat_ids(tok, [{"role": "user", "content": q}], prompt=True) for q in prompts],
+                            tok.pad_token_id or 0, size=2, k=8)
     assert [b.input_ids.shape[0] for b in batches] == [2, 1] and all(b.idx.shape == (b.input_ids.shape[0], 8)
                                                                      for b in batches)
     assert all((positions(b).sum(1) == 1).all() for b in batches)
@@ -303,7 +304,8 @@ def test_answer_start_distillation_holds_the_first_answer_token_of_its_prompts(t
     def drift(adapter_dir):
         ref = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(start))
         cand = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), adapter_dir)
-        batch = start_batches(ref, tok, list(prompts), size=len(prompts), k=64)[0]
+        batch = start_batches(ref, [_chat_ids(tok, [{"role": "user", "content": q}], prompt=True) for q in prompts],
+                              tok.pad_token_id or 0, size=len(prompts), k=64)[0]
         with torch.no_grad():
             return kd_loss(cand.eval(), batch).item()
 
