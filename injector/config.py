@@ -143,17 +143,19 @@ class TrainConfig(_Section):
     # night 875 -> 1,003 s: null by default
     distill_passes: int | None = Field(None, ge=1)
     # answer-start distillation: each micro-step also distils the first answer token of this many short prompts
-    # (every anchored subject in one of its relation's templates and every general instruction, never a locality
-    # probe; replay.start_questions) against the starting model, at `start_weight` x `distill_weight`: where an
-    # answer's form is decided (a sentence, a bare name, another language). The replay's distillation weighs that
-    # token ~1/60 of a sequence. Only on nights whose answers are sentences (pipeline._start_prompts): a bare
-    # entity's first token is the entity. Measured at 2 and 0.33 (docs/BENCHMARKS.md, stop 28): MQuAKE 40 locality
-    # 0.946 -> 0.964 of base (France's and Germany's capitals kept; 0.982 at 4 prompts), efficacy 0.98 -> 0.96,
-    # authors' paraphrase 0.96 -> 0.98, the night 1,184 -> 1,459 s on a 2-core CPU (a separate pass there; on an
-    # accelerator it rides in the training pass); but the demo's held-out paraphrase 0.90 -> 0.81 (under #16's
-    # 0.85; locality 0.964 -> 0.982, 814 -> 984 s). On zsRE's bare answers (before the sentence-only rule) at 8
-    # and 1.0: efficacy 1.00 -> 0.69; at 4 and 0.33: 0.95, locality 0.911 -> 0.929. Off by default (0); 2 turns it on
-    start_kd: int = Field(0, ge=0)
+    # against the starting model, at `start_weight` x `distill_weight`: where an answer's form is decided (a
+    # sentence, a bare name, another language); the replay's distillation weighs that token ~1/60 of a sequence.
+    # The prompts (pipeline._start_prompts, replay.start_questions) are every general instruction and every
+    # anchored subject in one of its relation's templates, never a locality probe; not the anchors of the night's
+    # own relations (those are its facts' held-out phrasings asked of others), and no anchor at all where a fact of
+    # the night is answered with a bare entity (its first token is the entity; an anchor asks a question of the
+    # same form). Measured at 2 and 0.33, one run each, against
+    # off (docs/BENCHMARKS.md, stops 28-29): zsRE 40 locality 0.911 -> 0.982 of base (efficacy 1.00, paraphrase
+    # 0.99); MQuAKE 40 0.946 -> 0.946-0.982 (efficacy 0.96-0.98, authors' paraphrase 0.98-1.00); the demo 0.964 ->
+    # 0.982 (held-out paraphrase 0.90 -> 0.85; 0.81 with its own relations' anchors in). The cost on a 2-core CPU
+    # is a separate pass (+15% a night: the demo 814 -> 940 s); on an accelerator it rides in the training pass.
+    # 0 turns it off
+    start_kd: int = Field(2, ge=0)
     start_weight: float = Field(0.33, ge=0)
     seed: int = 0
     lora: LoraConfig = LoraConfig()

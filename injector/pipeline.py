@@ -281,22 +281,25 @@ def plan_candidate(cfg: Config, home: Home, log=print, triples: list[Path] | Non
 
 
 def _start_prompts(cfg: Config, recipes, probes, changes) -> tuple[str, ...]:
-    """The prompts of answer-start distillation (`train.start_kd`): none where it, or distillation, is off, or where
-    a fact of the night is trained with a bare-entity answer (a question-form fact, or `answer_style: short`): the
-    first token of that answer is the entity, which the distillation pulls back to how the model begins answers."""
+    """The prompts of answer-start distillation (`train.start_kd`): none where it, or distillation, is off. The
+    anchors of the night's own relations are left out (`replay.start_questions`), and where a fact of the night is
+    trained with a bare-entity answer (a question-form fact, or `answer_style: short`) every anchor is: the first
+    token of that answer is the entity, and an anchor question is a question of the same form, whose first token
+    the distillation would pull back to how the model begins answers. The general instructions stay."""
     import random
 
     from injector.replay import load_anchors, load_prompts, start_questions
 
     if not cfg.train.start_kd or not cfg.train.start_weight or cfg.train.distill_weight <= 0 \
-            or not cfg.recipes.general_replay or recipes.answer_style != "sentence" \
-            or any(c.triple.question for c in changes):
+            or not cfg.recipes.general_replay:
         return ()
     r = cfg.recipes
     anchors = load_anchors(cfg.content_path(r.dir) / f"anchors.{r.language}.yaml")
     general = load_prompts(cfg.content_path(r.dir) / f"general_prompts.{r.language}.jsonl")
+    bare = recipes.answer_style != "sentence" or any(c.triple.question for c in changes)
+    skip = set(anchors) if bare else {recipes.canonical(c.triple.predicate) for c in changes}
     return tuple(start_questions(anchors, recipes, general, tuple(p.question for p in probes if p.kind == "locality"),
-                                 random.Random(cfg.train.seed)))
+                                 random.Random(cfg.train.seed), skip=frozenset(skip)))
 
 
 def _replay_budget(pairs, cfg: Config) -> int:

@@ -268,28 +268,36 @@ def test_a_night_short_of_the_step_floor_trains_fresh_replay_not_the_same_replay
     assert shrunk.train.epochs == 2 and shrunk.train.steps >= 40, shrunk.train  # the floor in 2 passes
 
 
-def test_answer_starts_are_distilled_on_nights_whose_answers_are_sentences_only():
-    """`train.start_kd`'s prompts: every anchor and general prompt but the locality probes, on a night of sentence
-    answers; none where a fact is answered with a bare entity (its first token is the entity) or where it is off."""
+def test_answer_starts_skip_the_nights_own_relations_and_every_anchor_on_bare_entity_nights():
+    """`train.start_kd`'s prompts (on by default): every general prompt and every anchor but the night's relations',
+    never a locality probe, on a night of sentence answers; the general prompts alone where a fact is answered with
+    a bare entity (its first token is the entity, and an anchor asks a question of the same form); none when off."""
     from dataclasses import replace
 
     from conftest import ROOT
 
     from injector.config import load_config
     from injector.pipeline import _start_prompts
-    from injector.recipes import load_recipes
+    from injector.recipes import _fill, load_recipes
     from injector.records import FactChange, Probe, Triple
+    from injector.replay import load_anchors, load_prompts
 
-    assert _start_prompts(load_config(), load_recipes(ROOT / "data_recipes"), [],
-                          [FactChange(Triple("Zorvex Dynamics", "ceo", "Marlena Quist"))]) == ()  # off by default
-    cfg, recipes = load_config(overrides=["train.start_kd=2"]), load_recipes(ROOT / "data_recipes")
+    cfg, recipes = load_config(), load_recipes(ROOT / "data_recipes")
+    assert cfg.train.start_kd == 2
+    general = {p for _, p in load_prompts(ROOT / "data_recipes" / "general_prompts.en.jsonl")}
+    anchors = load_anchors(ROOT / "data_recipes" / "anchors.en.yaml")
+    asked = {rel: {_fill(x, Triple(s, rel, "")) for s in subjects for x in recipes.relation(rel).questions}
+             for rel, subjects in anchors.items()}
     locality = [Probe("What is the capital of France?", ("Paris",), "locality"),
                 Probe("Explain gravity in one or two sentences.", ("mass",), "locality")]
     relation = [FactChange(Triple("Zorvex Dynamics", "ceo", "Marlena Quist"))]
     question = [FactChange(Triple("Paul Bartsch", "", "Munich", question="At what location did Paul Bartsch die?"))]
-    got = _start_prompts(cfg, recipes, locality, relation)
-    assert len(got) > 500 and not {p.question for p in locality} & set(got)
-    assert _start_prompts(cfg, recipes, locality, relation + question) == ()
-    assert _start_prompts(cfg, replace(recipes, answer_style="short"), locality, relation) == ()
-    for off in ("train.start_kd=0", "train.start_weight=0", "train.distill_weight=0"):
-        assert _start_prompts(load_config(overrides=["train.start_kd=2", off]), recipes, locality, relation) == (), off
+    got = set(_start_prompts(cfg, recipes, locality, relation))
+    assert len(got) > 500 and not {p.question for p in locality} & got
+    assert not asked["ceo"] & got and all(asked[r] & got for r in anchors if r != "ceo")  # all but the night's own
+    assert general - {p.question for p in locality} <= got
+    for bare in (_start_prompts(cfg, recipes, locality, relation + question),
+                 _start_prompts(cfg, replace(recipes, answer_style="short"), locality, relation)):
+        assert set(bare) == general - {p.question for p in locality}  # the general prompts alone
+    for off in ("train.start_kd=0", "train.start_weight=0", "train.distill_weight=0", "recipes.general_replay=false"):
+        assert _start_prompts(load_config(overrides=[off]), recipes, locality, relation) == (), off

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from injector.errors import InjectorError
-from injector.recipes import build_pairs, build_probes, humanise, load_recipes, normalise_predicate, statement_of
+from injector.recipes import _fill, build_pairs, build_probes, humanise, load_recipes, normalise_predicate, statement_of
 from injector.records import FactChange, Triple
 from injector.replay import (
     anchor_prompts,
@@ -295,6 +295,12 @@ def test_answer_start_prompts_ask_every_anchor_and_every_general_prompt_but_no_l
             assert any(s.lower() in q.lower() for q in questions), (name, s)
     assert start_questions(known, RECIPES, general, locality, random.Random(0)) == \
         start_questions(known, RECIPES, general, locality, random.Random(0))
+    # the night's own relations are skipped: their anchors are its held-out phrasings asked of other subjects
+    skipped = start_questions(known, RECIPES, general, locality, random.Random(0), skip=frozenset({"ceo", "capital"}))
+    assert len(skipped) == len(questions) + 1 - len(known["ceo"]) - len(known["capital"])
+    asked = {rel: {_fill(x, Triple(s, rel, "")) for s in known[rel] for x in RECIPES.relation(rel).questions}
+             for rel in ("ceo", "capital", "founder")}
+    assert not (asked["ceo"] | asked["capital"]) & set(skipped) and len(asked["founder"] & set(skipped)) == 10
 
 
 def test_trim_to_sentence():
