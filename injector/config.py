@@ -145,15 +145,13 @@ class TrainConfig(_Section):
     # answer-start distillation: each micro-step also distils the first answer token of this many short prompts
     # against the starting model, at `start_weight` x `distill_weight`: where an answer's form is decided (a
     # sentence, a bare name, another language); the replay's distillation weighs that token ~1/60 of a sequence.
-    # The prompts (pipeline._start_prompts, replay.start_questions) are every general instruction and every
-    # anchored subject in one of its relation's templates, never a locality probe; not the anchors of the night's
-    # own relations (those are its facts' held-out phrasings asked of others), and no anchor at all where a fact of
-    # the night is answered with a bare entity (its first token is the entity; an anchor asks a question of the
-    # same form). Measured at 2 and 0.33, one run each, against
-    # off (docs/BENCHMARKS.md, stops 28-29): zsRE 40 locality 0.911 -> 0.982 of base (efficacy 1.00, paraphrase
-    # 0.99); MQuAKE 40 0.946 -> 0.946-0.982 (efficacy 0.96-0.98, authors' paraphrase 0.98-1.00); the demo 0.964 ->
-    # 0.982 (held-out paraphrase 0.90 -> 0.85; 0.81 with its own relations' anchors in). The cost on a 2-core CPU
-    # is a separate pass (+15% a night: the demo 814 -> 940 s); on an accelerator it rides in the training pass.
+    # The prompts (pipeline._start_prompts) are the general instructions (317), never a locality probe, and no
+    # anchor question (those ask the facts' own form of question: with them in, the demo's held-out paraphrase read
+    # 0.81 and zsRE's efficacy 0.95 at 4 prompts). Measured at 2 and 0.33, one run each, against off
+    # (docs/BENCHMARKS.md, stop 29): zsRE 40 locality 0.911 -> 0.982 of base (efficacy 1.00, paraphrase 0.99);
+    # MQuAKE 40 0.946 -> 0.964 (efficacy 0.98, authors' paraphrase 0.96); the demo 0.964 -> 0.982 (held-out paraphrase
+    # 0.90 -> 0.85). The cost on a 2-core CPU is a separate pass (+15-20% a night: the demo 814 -> 981 s); on an
+    # accelerator it rides in the training pass.
     # 0 turns it off
     start_kd: int = Field(2, ge=0)
     start_weight: float = Field(0.33, ge=0)

@@ -177,17 +177,11 @@ def anchor_prompts(relations: list[str], anchors: dict[str, list[str]], recipes:
     return own + _anchor_pool(others, anchors, recipes, n - len(own), rng)
 
 
-def start_questions(anchors: dict[str, list[str]], recipes: Recipes, general: list[tuple[str, str]],
-                    exclude: tuple[str, ...], rng: random.Random, skip: frozenset[str] = frozenset()) -> list[str]:
-    """Every anchored subject asked in one of its relation's trained templates, but not in the relations in `skip`
-    (the night's own: their questions are the night's facts' held-out phrasings asked of other subjects, and the
-    starting model's first token there is what the night changes), and every general instruction, but no question
-    in `exclude` (the locality probes): the prompts whose first answer token the training distils
-    (`train.start_kd`)."""
-    relations = sorted(set(anchors) - set(skip))
-    questions = [q for _, q in _anchor_pool(relations, anchors, recipes, sum(len(anchors[r]) for r in relations), rng)]
+def start_questions(general: list[tuple[str, str]], exclude: tuple[str, ...]) -> list[str]:
+    """Every general instruction but the questions in `exclude` (the locality probes): the prompts whose first
+    answer token the training distils (`train.start_kd`)."""
     out = set(exclude)
-    return [q for q in questions + [p for _, p in general] if q not in out]
+    return [p for _, p in general if p not in out]
 
 
 def _anchor_pool(relations: list[str], anchors: dict[str, list[str]], recipes: Recipes, n: int,

@@ -268,36 +268,26 @@ def test_a_night_short_of_the_step_floor_trains_fresh_replay_not_the_same_replay
     assert shrunk.train.epochs == 2 and shrunk.train.steps >= 40, shrunk.train  # the floor in 2 passes
 
 
-def test_answer_starts_skip_the_nights_own_relations_and_every_anchor_on_bare_entity_nights():
-    """`train.start_kd`'s prompts (on by default): every general prompt and every anchor but the night's relations',
-    never a locality probe, on a night of sentence answers; the general prompts alone where a fact is answered with
-    a bare entity (its first token is the entity, and an anchor asks a question of the same form); none when off."""
-    from dataclasses import replace
-
+def test_answer_starts_are_every_general_instruction_but_no_locality_probe_and_no_anchor():
+    """`train.start_kd`'s prompts (on by default): the general instructions, never a locality probe, and no anchor
+    question (those ask the facts' own form of question); none when it, distillation or general replay is off."""
     from conftest import ROOT
 
     from injector.config import load_config
     from injector.pipeline import _start_prompts
     from injector.recipes import _fill, load_recipes
-    from injector.records import FactChange, Probe, Triple
+    from injector.records import Probe, Triple
     from injector.replay import load_anchors, load_prompts
 
     cfg, recipes = load_config(), load_recipes(ROOT / "data_recipes")
     assert cfg.train.start_kd == 2
-    general = {p for _, p in load_prompts(ROOT / "data_recipes" / "general_prompts.en.jsonl")}
-    anchors = load_anchors(ROOT / "data_recipes" / "anchors.en.yaml")
-    asked = {rel: {_fill(x, Triple(s, rel, "")) for s in subjects for x in recipes.relation(rel).questions}
-             for rel, subjects in anchors.items()}
+    general = [p for _, p in load_prompts(ROOT / "data_recipes" / "general_prompts.en.jsonl")]
     locality = [Probe("What is the capital of France?", ("Paris",), "locality"),
-                Probe("Explain gravity in one or two sentences.", ("mass",), "locality")]
-    relation = [FactChange(Triple("Zorvex Dynamics", "ceo", "Marlena Quist"))]
-    question = [FactChange(Triple("Paul Bartsch", "", "Munich", question="At what location did Paul Bartsch die?"))]
-    got = set(_start_prompts(cfg, recipes, locality, relation))
-    assert len(got) > 500 and not {p.question for p in locality} & got
-    assert not asked["ceo"] & got and all(asked[r] & got for r in anchors if r != "ceo")  # all but the night's own
-    assert general - {p.question for p in locality} <= got
-    for bare in (_start_prompts(cfg, recipes, locality, relation + question),
-                 _start_prompts(cfg, replace(recipes, answer_style="short"), locality, relation)):
-        assert set(bare) == general - {p.question for p in locality}  # the general prompts alone
+                Probe(general[0], ("light",), "locality"), Probe(general[1], ("x",), "efficacy")]
+    got = _start_prompts(cfg, locality)
+    assert got == tuple(general[1:]) and len(got) > 300  # a locality probe left out, another kind's question kept
+    asked = {_fill(x, Triple(s, rel, "")) for rel, subjects in load_anchors(ROOT / "data_recipes" / "anchors.en.yaml")
+             .items() for s in subjects for x in recipes.relation(rel).questions}
+    assert len(asked) > 200 and not asked & set(got)
     for off in ("train.start_kd=0", "train.start_weight=0", "train.distill_weight=0", "recipes.general_replay=false"):
-        assert _start_prompts(load_config(overrides=[off]), recipes, locality, relation) == (), off
+        assert _start_prompts(load_config(overrides=[off]), locality) == (), off

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from injector.errors import InjectorError
-from injector.recipes import _fill, build_pairs, build_probes, humanise, load_recipes, normalise_predicate, statement_of
+from injector.recipes import build_pairs, build_probes, humanise, load_recipes, normalise_predicate, statement_of
 from injector.records import FactChange, Triple
 from injector.replay import (
     anchor_prompts,
@@ -21,7 +21,6 @@ from injector.replay import (
     replay_budget,
     retention_probes,
     sibling_relations,
-    start_questions,
     subject_neighbourhood,
     subject_prompts,
     trim_to_sentence,
@@ -279,28 +278,6 @@ def test_anchors_in_the_batch_relations_and_everywhere_for_question_answer_facts
     assert len(mixed) == 10 and sum(r in own for r in rel_of) == 5 and len(set(rel_of) - own) == 5
     assert all(r in own for r in (i.split(":")[1] for i, _ in anchor_prompts(list(own), known, RECIPES, 10,
                                                                                 random.Random(0))))
-
-
-def test_answer_start_prompts_ask_every_anchor_and_every_general_prompt_but_no_locality_probe():
-    import random
-
-    known = load_anchors(ROOT / "data_recipes" / "anchors.en.yaml")
-    general = load_prompts(ROOT / "data_recipes" / "general_prompts.en.jsonl")
-    locality = tuple(json.loads(x)["question"] for x in (ROOT / "eval" / "locality.en.jsonl").read_text().splitlines())
-    questions = start_questions(known, RECIPES, general, locality + (general[0][1],), random.Random(0))
-    assert general[0][1] not in questions and not set(questions) & set(locality)
-    assert len(questions) == sum(map(len, known.values())) + len(general) - 1
-    for name, subjects in known.items():  # every anchored subject, in one of its relation's trained templates
-        for s in subjects:
-            assert any(s.lower() in q.lower() for q in questions), (name, s)
-    assert start_questions(known, RECIPES, general, locality, random.Random(0)) == \
-        start_questions(known, RECIPES, general, locality, random.Random(0))
-    # the night's own relations are skipped: their anchors are its held-out phrasings asked of other subjects
-    skipped = start_questions(known, RECIPES, general, locality, random.Random(0), skip=frozenset({"ceo", "capital"}))
-    assert len(skipped) == len(questions) + 1 - len(known["ceo"]) - len(known["capital"])
-    asked = {rel: {_fill(x, Triple(s, rel, "")) for s in known[rel] for x in RECIPES.relation(rel).questions}
-             for rel in ("ceo", "capital", "founder")}
-    assert not (asked["ceo"] | asked["capital"]) & set(skipped) and len(asked["founder"] & set(skipped)) == 10
 
 
 def test_trim_to_sentence():
