@@ -151,7 +151,7 @@ class TrainConfig(_Section):
     # (docs/BENCHMARKS.md, stop 29): zsRE 40 locality 0.911 -> 0.982 of base, and 0.929 -> 0.964 on its seed-1
     # slice (efficacy 1.00, paraphrase 0.99-1.00); MQuAKE 40 0.946 -> 0.964 (efficacy 0.98, authors' paraphrase
     # 0.96); the demo 0.964 -> 0.982 (held-out paraphrase 0.90 -> 0.85). The cost on a 2-core CPU is a separate
-    # pass (+15-20% a night: the demo 814 -> 981 s); on an accelerator it rides in the training pass.
+    # pass (+13-26% a night: the demo 814 -> 981 s); on an accelerator it rides in the training pass.
     # 0 turns it off
     start_kd: int = Field(2, ge=0)
     start_weight: float = Field(0.33, ge=0)
