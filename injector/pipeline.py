@@ -287,14 +287,15 @@ def _start_prompts(cfg: Config, probes) -> tuple[str, ...]:
     entity's first token is the entity; a relation's anchors are its facts' held-out phrasings asked of other
     subjects). Measured against anchors in (docs/BENCHMARKS.md, stops 28-29), the general instructions alone read
     as well or better on every night."""
-    from injector.replay import load_prompts, start_questions
+    from injector.replay import load_prompts
 
     if not cfg.train.start_kd or not cfg.train.start_weight or cfg.train.distill_weight <= 0 \
             or not cfg.recipes.general_replay:
         return ()
     r = cfg.recipes
     general = load_prompts(cfg.content_path(r.dir) / f"general_prompts.{r.language}.jsonl")
-    return tuple(start_questions(general, tuple(p.question for p in probes if p.kind == "locality")))
+    locality = {p.question for p in probes if p.kind == "locality"}
+    return tuple(p for _, p in general if p not in locality)
 
 
 def _replay_budget(pairs, cfg: Config) -> int:

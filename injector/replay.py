@@ -177,13 +177,6 @@ def anchor_prompts(relations: list[str], anchors: dict[str, list[str]], recipes:
     return own + _anchor_pool(others, anchors, recipes, n - len(own), rng)
 
 
-def start_questions(general: list[tuple[str, str]], exclude: tuple[str, ...]) -> list[str]:
-    """Every general instruction but the questions in `exclude` (the locality probes): the prompts whose first
-    answer token the training distils (`train.start_kd`)."""
-    out = set(exclude)
-    return [p for _, p in general if p not in out]
-
-
 def _anchor_pool(relations: list[str], anchors: dict[str, list[str]], recipes: Recipes, n: int,
                  rng: random.Random) -> list[tuple[str, str]]:
     pool = []

@@ -684,10 +684,10 @@ def train_lora(
             trainer.distill = _teacher(trainer, cfg, replay, dist.rank, dist.world)
         trainer.distill_weight = cfg.distill_weight
         trainer.distill_every = cfg.distill_every
-    if cfg.distill_weight > 0 and cfg.start_kd > 0 and cfg.start_weight > 0 and start_prompts and replay:
-        with timed("teacher_pass"):
-            trainer.start = _starts(trainer, cfg, list(start_prompts), tokenizer, dist.rank, dist.world)
-        trainer.distill_weight, trainer.start_weight = cfg.distill_weight, cfg.start_weight
+        if cfg.start_kd > 0 and cfg.start_weight > 0 and start_prompts:
+            with timed("teacher_pass"):
+                trainer.start = _starts(trainer, cfg, list(start_prompts), tokenizer, dist.rank, dist.world)
+            trainer.start_weight = cfg.start_weight
 
     start = time.perf_counter()
     try:
