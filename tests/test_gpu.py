@@ -73,3 +73,31 @@ def test_weights_are_bf16_on_cuda_and_one_night_reports_peak_memory(tmp_path, ho
                     home, log=print)
     assert out.version == "1" and out.peak_gpu_mib and out.peak_gpu_mib > 0
     print(f"\none night on the tiny model: peak GPU memory {out.peak_gpu_mib:.0f} MiB; stages {out.stage_s}")
+
+
+def test_answer_starts_ride_in_the_training_pass_on_cuda(tmp_path, tiny_model_dir, monkeypatch):
+    """On CUDA the answer-start batches (`train.start_kd`) join the training micro-batch's pass (`distill.joined`)
+    instead of a pass of their own, and still hold the first answer token of their prompts (the CPU test's check)."""
+    import test_train
+    from conftest import ROOT
+
+    from injector import distill
+
+    made, joined = set(), set()
+    real_starts, real_joined = distill.start_batches, distill.joined
+
+    def starts(*a, **k):
+        out = real_starts(*a, **k)
+        made.update(id(b) for b in out)
+        return out
+
+    def join(ids, mask, kept, b, pad):
+        joined.add(id(b))
+        return real_joined(ids, mask, kept, b, pad)
+
+    monkeypatch.setattr(distill, "start_batches", starts)
+    monkeypatch.setattr(distill, "joined", join)
+    changes = [FactChange(Triple(**f)) for f in TINY_FACTS]
+    test_train.test_answer_start_distillation_holds_the_first_answer_token_of_its_prompts(
+        tmp_path, tiny_model_dir, changes, load_recipes(ROOT / "data_recipes"))
+    assert made & joined, "the answer starts never joined a training pass on CUDA"
