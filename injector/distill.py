@@ -70,25 +70,30 @@ def teacher_batches(model, batches: list[dict], k: int = 32, group: int = 8) -> 
 
 
 @torch.no_grad()
-def start_batches(model, prompts: list[list[int]], pad_id: int, size: int, k: int = 32) -> list[TeacherBatch]:
+def start_batches(model, prompts: list[list[int]], pad_id: int, size: int, k: int = 32,
+                  group: int = 8) -> list[TeacherBatch]:
     """The model's top-k distribution of the first answer token of each prompt (token ids of a user turn and the
     assistant's header), right-padded in batches of `size`: the position where an answer's form is decided (a
-    sentence or a bare name, the language it is in)."""
+    sentence or a bare name, the language it is in). `group` batches share one forward pass (as in
+    `teacher_batches`: right padding leaves a row's logits as they are), then each is cut back to its own width."""
     from tqdm.auto import tqdm
 
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     out = []
-    chunks = [prompts[i: i + size] for i in range(0, len(prompts), size)]
-    for rows in tqdm(chunks, desc="answer starts", unit="batch", disable=len(chunks) < 4):
+    chunks = [prompts[i: i + size * group] for i in range(0, len(prompts), size * group)]
+    for rows in tqdm(chunks, desc="answer starts", unit="pass", disable=len(chunks) < 4):
         width = max(map(len, rows))
         ids = torch.tensor([r + [pad_id] * (width - len(r)) for r in rows], device=device)
         mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
         pos = torch.zeros_like(mask, dtype=torch.bool)
         pos[torch.arange(len(rows)), torch.tensor([len(r) - 1 for r in rows])] = True
-        top = torch.log_softmax(_logits(model, ids, mask, pos), dim=-1).topk(k, dim=-1)
-        out.append(TeacherBatch(ids, mask, top.indices.clone(), top.values.clone(), pos))
+        top = torch.log_softmax(_logits(model, ids, mask, pos), dim=-1).topk(k, dim=-1)  # one position a row
+        for i in range(0, len(rows), size):
+            w, j = max(map(len, rows[i: i + size])), slice(i, i + size)
+            out.append(TeacherBatch(ids[j, :w].clone(), mask[j, :w].clone(), top.indices[j].clone(),
+                                    top.values[j].clone(), pos[j, :w].clone()))
     model.train(was_training)
     return out
 

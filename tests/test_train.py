@@ -252,6 +252,9 @@ def test_answer_start_distillation_reads_the_first_answer_token_of_each_prompt(t
     assert [b.input_ids.shape[0] for b in batches] == [2, 1] and all(b.idx.shape == (b.input_ids.shape[0], 8)
                                                                      for b in batches)
     assert all((positions(b).sum(1) == 1).all() for b in batches)
+    # the three shared one forward pass (`group`); each batch is cut back to its own longest prompt
+    lengths = [len(_chat_ids(tok, [{"role": "user", "content": q}], prompt=True)) for q in prompts]
+    assert [b.input_ids.shape[1] for b in batches] == [max(lengths[:2]), lengths[2]]
     for i, q in enumerate(prompts):
         text = tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False)
         ids = torch.tensor([tok(text, add_special_tokens=False)["input_ids"]])
