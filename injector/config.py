@@ -140,7 +140,9 @@ class TrainConfig(_Section):
     # x distill_batch_size / this many distinct prompts). null: train.epochs. 1: each prompt distilled about once,
     # k x the distinct prompts for k x the self-distillation and teacher pass. Measured at 1 on zsRE 40 (360
     # prompts, not 86; docs/BENCHMARKS.md, stop 27): locality 0.911 -> 0.893 of base, the same capitals lost, the
-    # night 875 -> 1,003 s: null by default
+    # night 875 -> 1,003 s. On continual MQuAKE night 5 (5 facts from a champion, answer starts on; stop 30) 0.887
+    # and 0.830 -> 0.962 and 0.943 of the champion at two seeds (200 prompts, not 40). null by default until the
+    # one-night slices are measured again at 1
     distill_passes: int | None = Field(None, ge=1)
     # answer-start distillation: each micro-step also distils the first answer token of this many short prompts
     # against the starting model, at `start_weight` x `distill_weight`: where an answer's form is decided (a
@@ -150,8 +152,10 @@ class TrainConfig(_Section):
     # 0.81 and zsRE's efficacy 0.95 at 4 prompts). Measured at 2 and 0.33, one run each, against off
     # (docs/BENCHMARKS.md, stop 29): zsRE 40 locality 0.911 -> 0.982 of base, and 0.929 -> 0.964 on its seed-1
     # slice (efficacy 1.00, paraphrase 0.99-1.00); MQuAKE 40 0.946 -> 0.964 (efficacy 0.98, authors' paraphrase
-    # 0.96); the demo 0.964 -> 0.982 (held-out paraphrase 0.90 -> 0.85). The cost on a 2-core CPU is a separate
-    # pass (+13-26% a night: the demo 814 -> 981 s); on an accelerator it rides in the training pass.
+    # 0.96); the demo 0.964 -> 0.982 (held-out paraphrase 0.90 -> 0.85). But on a small night from a champion
+    # (continual MQuAKE night 5: 5 facts, stop 30) 0.925 -> 0.887 and 0.830 of the champion at two seeds, refused;
+    # held at 0.962 with train.distill_passes=1. The cost on a 2-core CPU is a separate pass (+13-26% a night: the
+    # demo 814 -> 981 s); on an accelerator it rides in the training pass (H200: 120 facts in 236 s).
     # 0 turns it off
     start_kd: int = Field(2, ge=0)
     start_weight: float = Field(0.33, ge=0)
