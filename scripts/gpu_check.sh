@@ -8,7 +8,8 @@
 #   otherwise (a bare GPU box) on a randomly initialised model of SmolLM2-135M's shape, whose speed and memory are
 #   real and quality is not.
 # Usage: scripts/gpu_check.sh [OUT_DIR]   (python: $PY, default python3; the package importable)
-#   GPU_CHECK_SKIP_TESTS=1 skips step 1, GPU_CHECK_SKIP_DEMO=1 step 2; GPU_CHECK_STEP_S (default 240) bounds each night's wall time.
+#   GPU_CHECK_SKIP_TESTS=1 skips step 1, GPU_CHECK_SKIP_DEMO=1 step 2 (a short lease: the 120-fact nights first);
+#   GPU_CHECK_STEP_S (default 240) bounds each night's wall time.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR=${1:-${OUT:-/tmp/gpu-check}}
