@@ -154,8 +154,9 @@ class TrainConfig(_Section):
     # slice (efficacy 1.00, paraphrase 0.99-1.00); MQuAKE 40 0.946 -> 0.964 (efficacy 0.98, authors' paraphrase
     # 0.96); the demo 0.964 -> 0.982 (held-out paraphrase 0.90 -> 0.85). But on a small night from a champion
     # (continual MQuAKE night 5: 5 facts, stop 30) 0.925 -> 0.887 and 0.830 of the champion at two seeds, refused;
-    # held at 0.962 with train.distill_passes=1. The cost on a 2-core CPU is a separate pass (+13-26% a night: the
-    # demo 814 -> 981 s); on an accelerator it rides in the training pass (H200: 120 facts in 236 s).
+    # held at 0.962 with train.distill_passes=1. And zsRE 40's authors' paraphrase (injector bench) 0.90 -> 0.72.
+    # The cost on a 2-core CPU is a separate pass (+13-26% a night: the demo 814 -> 981 s); on an accelerator it
+    # rides in the training pass (H200: 120 facts in 236 s).
     # 0 turns it off
     start_kd: int = Field(2, ge=0)
     start_weight: float = Field(0.33, ge=0)
