@@ -287,15 +287,19 @@ def _start_prompts(cfg: Config, probes) -> tuple[str, ...]:
     entity's first token is the entity; a relation's anchors are its facts' held-out phrasings asked of other
     subjects). Measured against anchors in (docs/BENCHMARKS.md, stops 28-29), the general instructions alone read
     as well or better on every night."""
-    from injector.replay import load_prompts
-
     if not cfg.train.start_kd or not cfg.train.start_weight or cfg.train.distill_weight <= 0 \
             or not cfg.recipes.general_replay:
         return ()
-    r = cfg.recipes
-    general = load_prompts(cfg.content_path(r.dir) / f"general_prompts.{r.language}.jsonl")
     locality = {p.question for p in probes if p.kind == "locality"}
-    return tuple(p for _, p in general if p not in locality)
+    return tuple(p for _, p in _general_prompts(cfg) if p not in locality)
+
+
+def _general_prompts(cfg: Config) -> list[tuple[str, str]]:
+    """The general instructions (`data_recipes/general_prompts.<language>.jsonl`): replayed in the model's own
+    answers, and the answer-start prompts."""
+    from injector.replay import load_prompts
+
+    return load_prompts(cfg.content_path(cfg.recipes.dir) / f"general_prompts.{cfg.recipes.language}.jsonl")
 
 
 def _replay_budget(pairs, cfg: Config) -> int:
@@ -814,7 +818,6 @@ def _replay(pairs, changes, earlier, recipes, cfg: Config, model, tokenizer, hom
         anchor_relations,
         distilled_pairs,
         load_anchors,
-        load_prompts,
         model_key,
         neighbourhood,
         object_prompts,
@@ -841,7 +844,7 @@ def _replay(pairs, changes, earlier, recipes, cfg: Config, model, tokenizer, hom
     known = load_anchors(cfg.content_path(r.dir) / f"anchors.{r.language}.yaml")
     anchors = anchor_prompts(anchor_relations(changes, recipes, known), known, recipes,
                              round(rest * r.anchor_share), rng, r.anchor_other_share)
-    prompts = load_prompts(cfg.content_path(r.dir) / f"general_prompts.{r.language}.jsonl")
+    prompts = _general_prompts(cfg)
     general = rng.sample(prompts, min(rest - len(anchors), len(prompts)))
     # the batch's own neighbourhood, on top of the mix (anchors and general instructions keep their measured
     # shares), at most `subject_share` of the replay budget: one question per subject about one of its other
