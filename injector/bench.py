@@ -178,6 +178,17 @@ def _ask(base, adapter_dir: str | None, probes: list[Probe], cfg) -> tuple[dict,
     return {k: v["accuracy"] for k, v in rep.by_kind().items()}, list(rep.results)
 
 
+def _write_answers(results: list, path: Path) -> None:
+    """Each benchmark probe's question, kind, generated answer and verdict, one JSON line each: which
+    paraphrases a row missed, and what it said instead, is read here rather than re-asked."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for r in results:
+            f.write(json.dumps({"kind": r.probe.kind, "fact_id": r.probe.fact_id, "question": r.probe.question,
+                                "accepted": list(r.probe.answers), "answer": r.answer, "correct": r.correct},
+                               ensure_ascii=False) + "\n")
+
+
 LOCALITY_WORDS = 6  # an unrelated answer counts as kept when it has the base answer's first words
 
 
@@ -234,7 +245,8 @@ def run_benchmark(sl: Slice, cfg_file: Path | None, overrides: list[str], work: 
     _, base_results = _ask(base, None, sl.probes, cfg0)
     loc = _locality_probes(sl, base_results)
     probes = [p for p in sl.probes if p.kind != "locality_authors"] + loc
-    base_acc, _ = _ask(base, None, probes, cfg0)
+    base_acc, base_results = _ask(base, None, probes, cfg0)
+    _write_answers(base_results, work / sl.name / "base-answers.jsonl")
     base_wall = time.perf_counter() - t0
     steps = None  # the first trained row's optimizer steps: the naive row gets as many (not 5 steps to 40)
     for name in variants:
@@ -247,7 +259,8 @@ def run_benchmark(sl: Slice, cfg_file: Path | None, overrides: list[str], work: 
         log(f"[{sl.name}] {name}: {len(sl.rows)} facts through the pipeline")
         t = time.perf_counter()
         outcome = run_train([_write_triples(sl.rows, home.root / "triples.jsonl")], cfg, home, log=log)
-        acc, _ = _ask(base, outcome.train.adapter_dir, probes, cfg)
+        acc, results = _ask(base, outcome.train.adapter_dir, probes, cfg)
+        _write_answers(results, home.root / "answers.jsonl")
         rows.append(_row(name, outcome, acc, time.perf_counter() - t))
         steps = steps or outcome.train.steps
         if fact_probes is None:

@@ -361,7 +361,7 @@ def model_sentence(text: str, t: Triple) -> str | None:
     SmolLM2-135M's replies to 39 zsRE questions: 12 usable (docs/BENCHMARKS.md)."""
     line = _first_line(text)
     m = re.match(r"(.+?[.!?])(?:\s|$)", line)
-    s = m.group(1) if m else line
+    s = _named_right(m.group(1) if m else line, t.subject)
     if not s.endswith(".") or len(s) > 200:
         return None
     low = " ".join(s.lower().split())
@@ -376,6 +376,32 @@ def model_sentence(text: str, t: Triple) -> str | None:
 
 
 _WORD = re.compile(r"[\w'-]+")
+SUBJECT_SIMILARITY = 0.6  # "Slavic Democratic Coalition" for "Slovak Democratic Coalition": 0.85; "Shelter": none
+
+
+def _named_right(sentence: str, subject: str) -> str:
+    """`sentence` with a misspelt naming of `subject` set right: a small model rewording a question often garbles the
+    name it copies ("Bridget Brown plays for ..." for Brad Brown, "Dulce Memorial Bridge" for Delaware Memorial
+    Bridge). A run of as many words as the subject has, sharing one of its words and at least `SUBJECT_SIMILARITY`
+    alike in its letters, is taken for it; a sentence that names the subject already is left as it is."""
+    import difflib
+
+    if subject.strip().lower() in sentence.lower():
+        return sentence
+    want = subject.split()
+    spans = [(m.start(), m.end()) for m in _WORD.finditer(sentence)]
+    best, where = 0.0, None
+    for i in range(len(spans) - len(want) + 1):
+        a, b = spans[i][0], spans[i + len(want) - 1][1]
+        words = _words(sentence[a:b])
+        if not set(words) & set(_words(subject)):
+            continue
+        ratio = difflib.SequenceMatcher(None, sentence[a:b].lower(), subject.lower()).ratio()
+        if ratio > best:
+            best, where = ratio, (a, b)
+    if where is None or best < SUBJECT_SIMILARITY:
+        return sentence
+    return sentence[:where[0]] + subject + sentence[where[1]:]
 
 
 def _words(text: str) -> list[str]:

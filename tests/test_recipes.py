@@ -434,6 +434,8 @@ def test_a_model_paraphrase_is_used_only_when_it_is_a_new_question_about_the_sub
     ("Paul Bartsch died in Munich. He was a painter.\nMore text.", "Paul Bartsch died in Munich."),  # first sentence
     ("Paul Bartsch was born in Munich, Germany, and died in 1921.", None),  # invents a country and a year
     ("He died in Munich.", None),  # does not name the subject
+    ("Paul Bertsch died in Munich.", "Paul Bartsch died in Munich."),  # a misspelt name set right
+    ("Paula Bart died in Munich.", None),  # not alike enough to be taken for it
     ("Paul Bartsch died in Berlin.", None),  # not the answer
     ("Munich", None),  # not a sentence
     ("At what location did Paul Bartsch die? Munich.", None),  # a question, not a statement
