@@ -141,8 +141,9 @@ class TrainConfig(_Section):
     # k x the distinct prompts for k x the self-distillation and teacher pass. Measured at 1 on zsRE 40 (360
     # prompts, not 86; docs/BENCHMARKS.md, stop 27): locality 0.911 -> 0.893 of base, the same capitals lost, the
     # night 875 -> 1,003 s. On continual MQuAKE night 5 (5 facts from a champion, answer starts on; stop 30) 0.887
-    # and 0.830 -> 0.962 and 0.943 of the champion at two seeds (200 prompts, not 40). null by default until the
-    # one-night slices are measured again at 1
+    # and 0.830 -> 0.962 and 0.943 of the champion at two seeds (200 prompts, not 40). Measured again at 1 with the
+    # answer starts (stop 31): zsRE 40 and MQuAKE 40 within a probe (0.96 -> 0.95, 0.964 -> 0.964 of base), but
+    # the demo 0.982 -> 0.893 of the reference, refused, and +16-21% a night: null by default
     distill_passes: int | None = Field(None, ge=1)
     # answer-start distillation: each micro-step also distils the first answer token of this many short prompts
     # against the starting model, at `start_weight` x `distill_weight`: where an answer's form is decided (a
@@ -154,7 +155,8 @@ class TrainConfig(_Section):
     # slice (efficacy 1.00, paraphrase 0.99-1.00); MQuAKE 40 0.946 -> 0.964 (efficacy 0.98, authors' paraphrase
     # 0.96); the demo 0.964 -> 0.982 (held-out paraphrase 0.90 -> 0.85). But on a small night from a champion
     # (continual MQuAKE night 5: 5 facts, stop 30) 0.925 -> 0.887 and 0.830 of the champion at two seeds, refused;
-    # held at 0.962 with train.distill_passes=1. And zsRE 40's authors' paraphrase (injector bench) 0.90 -> 0.72.
+    # held at 0.962 with train.distill_passes=1 (which lost the demo: stop 31). And zsRE 40's authors' paraphrase
+    # (injector bench) 0.90 -> 0.72: the misses answer in the base's own sentence, which the starts hold.
     # The cost on a 2-core CPU is a separate pass (+13-26% a night: the demo 814 -> 981 s); on an accelerator it
     # rides in the training pass (H200: 120 facts in 236 s).
     # 0 turns it off
@@ -221,7 +223,9 @@ class RecipesConfig(_Section):
     # template, so the current model rewords its question and answer as one sentence (recipes.SENTENCE_PROMPT), and
     # a sentence that names the subject, the answer and nothing else (recipes.model_sentence) is its trained answer;
     # the others keep the bare entity. Off by default until measured to help: on zsRE 40 SmolLM2-135M worded 12 of
-    # 39 facts usably and locality read 0.857 of base against 0.875 without (one probe of 57; docs/BENCHMARKS.md)
+    # 39 facts usably and locality read 0.857 of base against 0.875 without (one probe of 57; docs/BENCHMARKS.md).
+    # With a misspelt subject set right (recipes._named_right) 15 of 39, and at stop 31's answer starts with
+    # train.distill_passes=1: authors' paraphrase 0.75 -> 0.78 (one question), locality 0.95 -> 0.89 of base, refused
     model_sentences: bool = False
     distill_max_new_tokens: int = Field(48, ge=8)
 
