@@ -96,13 +96,11 @@ def test_bench_runs_end_to_end_on_the_tiny_model(tmp_path, data, tiny_model_dir,
         assert all(0.0 <= rows[r]["efficacy"] <= 1.0 for r in ("injector", "naive LoRA", "base model"))
         assert rows["injector"]["tokens_per_s"] > 0 and rows["injector"]["gate"] in ("pass", "fail")
         assert [c["night"] for c in results[name]["continual"]] == [1, 2]
-        for answers in (tmp_path / "work" / name / "base-answers.jsonl",
-                        tmp_path / "work" / name / "injector" / "answers.jsonl"):
-            lines = [json.loads(x) for x in answers.read_text().splitlines()]
+        for row, answers in (("base model", "base-answers.jsonl"), ("injector", "injector/answers.jsonl")):
+            lines = [json.loads(x) for x in (tmp_path / "work" / name / answers).read_text().splitlines()]
             assert len(lines) == results[name]["n_probes"] and {"question", "answer", "correct"} <= set(lines[0])
-            correct = [x["correct"] for x in lines if x["kind"] == "paraphrase"]
-            assert correct and sum(correct) / len(correct) == pytest.approx(rows["base model" if "base" in
-                   answers.name else "injector"]["paraphrase"])
+            correct = [x["correct"] for x in lines if x["kind"] == "paraphrase"]  # the row's column, probe by probe
+            assert correct and sum(correct) / len(correct) == pytest.approx(rows[row]["paraphrase"])
     text = doc.read_text()
     assert "hand-written reading" in text and "tail" in text and "\nold\n" not in text
     assert text.index("#### zsre") < text.index("tail") < text.index("#### mquake")  # in place; appended
