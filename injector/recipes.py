@@ -389,13 +389,12 @@ def _named_right(sentence: str, subject: str) -> str:
 
     if subject.strip().lower() in sentence.lower():
         return sentence
-    want = subject.split()
+    mine = set(want := _words(subject))  # counted as the sentence's words are, by `_WORD`
     spans = [(m.start(), m.end()) for m in _WORD.finditer(sentence)]
     best, where = 0.0, None
     for i in range(len(spans) - len(want) + 1):
         a, b = spans[i][0], spans[i + len(want) - 1][1]
-        words = _words(sentence[a:b])
-        if not set(words) & set(_words(subject)):
+        if not mine & set(_words(sentence[a:b])):
             continue
         ratio = difflib.SequenceMatcher(None, sentence[a:b].lower(), subject.lower()).ratio()
         if ratio > best:
