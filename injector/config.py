@@ -85,6 +85,12 @@ class TrainConfig(_Section):
     # every night promoted, batch-1 accuracy 0.85 after night 5 (0.95 at full-size steps in stop 20, before
     # distillation-only replay). false: full-size steps, more passes
     shrink_steps: bool = True
+    # on a CPU (one process), a micro-batch's common prompt prefix (the chat template's system prompt and user
+    # header) is computed once and its keys and values shared by every row, where that saves at least this many
+    # token positions ((rows - 1) x prefix length): the same logits and gradients (injector/prefix.py), fewer
+    # positions, one more pass. The bar is what a pass costs before any arithmetic on a 2-core CPU, in positions
+    # (docs/BENCHMARKS.md). null: every row computes its own prefix
+    shared_prefix_min_tokens: int | None = Field(64, ge=1)
     max_length: int = Field(128, ge=16)  # per pair: a fact pair is ~40-70 tokens with the chat template
     # pairs of different facts per training conversation (train.pack_rows): the template's prefix is paid once per
     # conversation, not per pair; `batch_size` still counts pairs, so the optimizer steps per epoch are unchanged.
@@ -145,8 +151,9 @@ class TrainConfig(_Section):
     # answer starts (stop 31): zsRE 40 and MQuAKE 40 within a probe (0.96 -> 0.95, 0.964 -> 0.964 of base), but
     # the demo 0.982 -> 0.893 of the reference, refused, and +16-21% a night: null by default
     distill_passes: int | None = Field(None, ge=1)
-    # answer-start distillation: each micro-step also distils the first answer token of this many short prompts
-    # against the starting model, at `start_weight` x `distill_weight`: where an answer's form is decided (a
+    # answer-start distillation: each optimizer step also distils the first answer token of this many short prompts
+    # a micro-batch (start_kd x grad_accum in one pass, at the step's last micro-batch) against the starting model,
+    # at `start_weight` x `distill_weight`: where an answer's form is decided (a
     # sentence, a bare name, another language); the replay's distillation weighs that token ~1/60 of a sequence.
     # The prompts (pipeline._start_prompts) are the general instructions (317), never a locality probe, and no
     # anchor question (those ask the facts' own form of question: with them in, the demo's held-out paraphrase read

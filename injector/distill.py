@@ -33,9 +33,12 @@ def _positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.bool() & nxt.bool())
 
 
-def _logits(model, input_ids, attention_mask, pos):
-    """Logits at the positions `pos` (boolean [B, L]) through the model's own forward: [n, V] in fp32."""
-    return model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=pos, use_cache=False).logits.float()
+def _logits(model, input_ids, attention_mask, pos, shared_prefix: int | None = None):
+    """Logits at the positions `pos` (boolean [B, L]) through the model's own forward: [n, V] in fp32; the rows'
+    common prompt prefix computed once where that saves `shared_prefix` token positions (`prefix.logits`)."""
+    from injector import prefix
+
+    return prefix.logits(model, input_ids, attention_mask, pos, shared_prefix).float()
 
 
 @torch.no_grad()
@@ -71,7 +74,7 @@ def teacher_batches(model, batches: list[dict], k: int = 32, group: int = 8) -> 
 
 @torch.no_grad()
 def start_batches(model, prompts: list[list[int]], pad_id: int, size: int, k: int = 32,
-                  group: int = 8) -> list[TeacherBatch]:
+                  group: int = 8, shared_prefix: int | None = None) -> list[TeacherBatch]:
     """The model's top-k distribution of the first answer token of each prompt (token ids of a user turn and the
     assistant's header), right-padded in batches of `size`: the position where an answer's form is decided (a
     sentence or a bare name, the language it is in). `group` batches share one forward pass (as in
@@ -89,7 +92,8 @@ def start_batches(model, prompts: list[list[int]], pad_id: int, size: int, k: in
         mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
         pos = torch.zeros_like(mask, dtype=torch.bool)
         pos[torch.arange(len(rows)), torch.tensor([len(r) - 1 for r in rows])] = True
-        top = torch.log_softmax(_logits(model, ids, mask, pos), dim=-1).topk(k, dim=-1)  # one position a row
+        # one position a row
+        top = torch.log_softmax(_logits(model, ids, mask, pos, shared_prefix), dim=-1).topk(k, dim=-1)
         for i in range(0, len(rows), size):
             w, j = max(map(len, rows[i: i + size])), slice(i, i + size)
             out.append(TeacherBatch(ids[j, :w].clone(), mask[j, :w].clone(), top.indices[j].clone(),
@@ -104,11 +108,13 @@ def _with_tail(logp: torch.Tensor) -> torch.Tensor:
     return torch.cat([logp, rest.unsqueeze(-1)], dim=-1)
 
 
-def kd_loss(model, batch: TeacherBatch) -> torch.Tensor:
-    """KL(teacher || student) over the teacher's top-k + tail buckets, mean over positions; differentiable."""
+def kd_loss(model, batch: TeacherBatch, shared_prefix: int | None = None) -> torch.Tensor:
+    """KL(teacher || student) over the teacher's top-k + tail buckets, mean over positions; differentiable.
+    `shared_prefix`: as in `_logits`."""
     device = next(model.parameters()).device
     mask = batch.attention_mask.to(device)  # no-ops: teacher batches live on the model's device
-    return kd_from_logits(_logits(model, batch.input_ids.to(device), mask, positions(batch).to(device)), batch)
+    return kd_from_logits(_logits(model, batch.input_ids.to(device), mask, positions(batch).to(device),
+                                  shared_prefix), batch)
 
 
 def kd_from_logits(logits: torch.Tensor, batch: TeacherBatch) -> torch.Tensor:

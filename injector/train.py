@@ -125,7 +125,7 @@ def _trainer_class():
     import torch
     from trl import SFTTrainer
 
-    from injector import distill
+    from injector import distill, prefix
 
     class InjectorTrainer(SFTTrainer):
         """SFTTrainer with a compact answer-only loss and an EWC penalty.
@@ -147,6 +147,7 @@ def _trainer_class():
         entities: dict | None = None  # entity_index: the night's entities' token ids (train.entity_weight)
         entity_weight = 1.0
         learned_ignore = None  # token ids an answer need not reproduce (tensor)
+        shared_prefix: int | None = None  # train.shared_prefix_min_tokens where it applies (a CPU, one process)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             # through the (possibly DDP-wrapped) model's own forward, so that DDP arms its gradient all-reduce and
@@ -163,7 +164,11 @@ def _trainer_class():
                 # every micro-batch (weight / accumulation steps), or once per optimizer step at its last micro-batch
                 # (train.distill_every)
                 teacher = self.distill.next()
-            start = self.start.next() if self.start is not None and model.training else None  # train.start_kd
+            # the answer starts once per optimizer step, at its last micro-batch (a batch of start_kd x grad_accum
+            # prompts, `_starts`): the parameters do not move between micro-batches, so this is the gradient of a
+            # batch at each, for one pass a step instead of grad_accum (each prompt is one position: the same mean)
+            start = self.start.next() if self.start is not None and model.training and \
+                self.accelerator.sync_gradients else None
             ids, mask, kept = inputs["input_ids"], inputs.get("attention_mask"), keep
             # on an accelerator the replay text (and the answer starts) ride in the training micro-batch's
             # forward/backward pass: fewer passes, where a step is bound by launching kernels. Not on a CPU, which is
@@ -173,7 +178,7 @@ def _trainer_class():
                 if mask is not None and ids.device.type != "cpu" else []
             for b in riders:
                 ids, mask, kept = distill.joined(ids, mask, kept, b, self.processing_class.pad_token_id or 0)
-            logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=kept, use_cache=False).logits.float()
+            logits = prefix.logits(model, ids, mask, kept, None if riders else self.shared_prefix).float()
             tails = {}
             for b in reversed(riders):  # their positions come last, in order (a host-side shape: no sync)
                 n = b.idx.shape[0]
@@ -201,11 +206,11 @@ def _trainer_class():
                 self.last_ewc = pen.detach()  # a tensor: read at logging time, no host sync per step
                 loss = loss + self.ewc_lambda * pen
             for b, weight in ((teacher, self.distill_weight / (1 if once else steps)),
-                              (start, self.distill_weight * self.start_weight / steps)):
+                              (start, self.distill_weight * self.start_weight)):
                 if b is None:
                     continue
                 kd = distill.kd_from_logits(tails[id(b)], b) if id(b) in tails else \
-                    distill.kd_loss(self.accelerator.unwrap_model(model), b)
+                    distill.kd_loss(self.accelerator.unwrap_model(model), b, self.shared_prefix)
                 if b is teacher:
                     self.last_kd = kd.detach()
                 loss = loss + weight * kd
@@ -560,12 +565,13 @@ def _shard(batches: list, rank: int, world: int) -> list:
 
 
 def _starts(trainer, cfg: TrainConfig, prompts: list[str], tokenizer, rank: int = 0, world: int = 1):
-    """The starting model's first answer token on the answer-start prompts (`train.start_kd` a batch); with
-    several ranks each takes its own shard of the batches."""
+    """The starting model's first answer token on the answer-start prompts (`train.start_kd` x `grad_accum` a batch:
+    one a step); with several ranks each takes its own shard of the batches."""
     from injector.distill import Cycler, start_batches
 
     rows = [_chat_ids(tokenizer, [{"role": "user", "content": q}], prompt=True) for q in prompts]
-    batches = start_batches(trainer.model, rows, tokenizer.pad_token_id or 0, cfg.start_kd, cfg.distill_top_k)
+    batches = start_batches(trainer.model, rows, tokenizer.pad_token_id or 0, cfg.start_kd * cfg.grad_accum,
+                            cfg.distill_top_k, shared_prefix=trainer.shared_prefix)
     return Cycler(_shard(batches, rank, world), seed=cfg.seed + 1000 + rank)  # a draw order of its own
 
 
@@ -666,6 +672,8 @@ def train_lora(
     for cb in list(trainer.callback_handler.callbacks):  # the default bar, replaced by QuietProgress
         if type(cb) is ProgressCallback:
             trainer.remove_callback(cb)
+    if device() == "cpu" and not dist.multi:  # bound by arithmetic, one process (prefix.py)
+        trainer.shared_prefix = cfg.shared_prefix_min_tokens
     if ewc_spec is not None and ewc_spec.lam > 0 and ewc_spec.replay:
         params = {n: p for n, p in trainer.model.named_parameters() if p.requires_grad}
         with timed("fisher"):

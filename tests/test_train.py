@@ -239,6 +239,60 @@ def test_replay_text_joined_to_a_training_batch_gives_the_same_logits_and_kd(tin
     assert kd > 1e-4 and torch.allclose(kd, kd_loss(model, teacher), atol=1e-6)
 
 
+def test_a_batchs_common_prompt_prefix_computed_once_gives_the_same_logits_and_gradients(tiny_model_dir):
+    """Chat conversations share the template's prefix: run once and its keys and values repeated for every row, the
+    kept logits and the adapter's gradients are those of the full pass; a prefix is cut where a row's logits are
+    kept or a row's padding starts, and too short a saving takes the full pass."""
+    from injector import prefix
+
+    torch.manual_seed(0)
+    model = _peft(tiny_model_dir)
+    with torch.no_grad():  # a non-zero adapter, so the LoRA A matrices get gradients too
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.2)
+    tok = load_tokenizer(str(tiny_model_dir))
+    tok.padding_side = "right"
+    rows = [_chat_ids(tok, [{"role": "user", "content": q}, {"role": "assistant", "content": a}])
+            for q, a in (("who wrote hamlet ?", "shakespeare ."), ("what is the capital of france ?", "paris ."),
+                         ("hello", "hello world"))]
+    width = max(map(len, rows))
+    ids = torch.tensor([r + [tok.pad_token_id] * (width - len(r)) for r in rows])
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    header = len(_chat_ids(tok, [{"role": "user", "content": "hello"}], prompt=True))
+    keep = mask.bool() & (torch.arange(width) >= header - 1)  # from each row's answer on (roughly)
+    shared = prefix.common_prefix(ids, mask, keep)
+    assert 0 < shared <= header - 1 and (ids[:, :shared] == ids[0, :shared]).all()
+
+    def run(min_saved):
+        model.zero_grad()
+        out = prefix.logits(model, ids, mask, keep, min_saved)
+        out.float().pow(2).mean().backward()
+        return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    full, g_full = run(None)
+    once, g_once = run(1)
+    assert full.shape == (int(keep.sum()), model.config.vocab_size)
+    assert torch.allclose(once, full, atol=1e-5)
+    assert all(torch.allclose(g_once[n], g, atol=1e-5, rtol=1e-4) for n, g in g_full.items())
+    assert any(g.abs().sum() > 0 for n, g in g_full.items() if "lora_A" in n)
+    # the prefix ends where a row's logits are kept, and where a row's padding starts
+    early = keep.clone()
+    early[1, 2] = True
+    assert prefix.common_prefix(ids, mask, early) == 2
+    short = mask.clone()
+    short[2, 3:] = 0
+    assert prefix.common_prefix(ids, short, keep) == min(shared, 3)
+    # a saving under the bar: the full pass, no prefix pass
+    calls = []
+    decoder = model.get_base_model().model  # every pass runs it: the prefix's (no LM head) and the rows'
+    hook = decoder.register_forward_pre_hook(lambda m, a, kw: calls.append(kw["input_ids"].shape), with_kwargs=True)
+    prefix.logits(model, ids, mask, keep, shared * 2 + 1)
+    prefix.logits(model, ids, mask, keep, shared * 2)
+    hook.remove()
+    assert calls == [ids.shape, (1, shared), (3, width - shared)]
+
+
 def test_answer_start_distillation_reads_the_first_answer_token_of_each_prompt(tiny_model_dir):
     """One recorded position a prompt, after the assistant's header: the model's distribution of an answer's first
     token; zero KD while the student is the teacher, more once its adapter moves."""
