@@ -164,8 +164,8 @@ class TrainConfig(_Section):
     # (continual MQuAKE night 5: 5 facts, stop 30) 0.925 -> 0.887 and 0.830 of the champion at two seeds, refused;
     # held at 0.962 with train.distill_passes=1 (which lost the demo: stop 31). And zsRE 40's authors' paraphrase
     # (injector bench) 0.90 -> 0.72: the misses answer in the base's own sentence, which the starts hold.
-    # The cost on a 2-core CPU is a separate pass (+13-26% a night: the demo 814 -> 981 s); on an accelerator it
-    # rides in the training pass (H200: 120 facts in 236 s).
+    # The cost on a 2-core CPU is a separate pass a step (at stop 29 one a micro-batch: +13-26% a night, the demo
+    # 814 -> 981 s); on an accelerator it rides in the training pass (H200: 120 facts in 236 s).
     # 0 turns it off
     start_kd: int = Field(2, ge=0)
     # 0.15, half of stop 29's 0.33 (one run each, docs/BENCHMARKS.md stops 31-32): zsRE 40 authors' paraphrase
