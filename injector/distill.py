@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from injector import prefix
+
 
 @dataclass
 class TeacherBatch:
@@ -36,8 +38,6 @@ def _positions(mask: torch.Tensor) -> torch.Tensor:
 def _logits(model, input_ids, attention_mask, pos, shared_prefix: int | None = None):
     """Logits at the positions `pos` (boolean [B, L]) through the model's own forward: [n, V] in fp32; the rows'
     common prompt prefix computed once where that saves `shared_prefix` token positions (`prefix.logits`)."""
-    from injector import prefix
-
     return prefix.logits(model, input_ids, attention_mask, pos, shared_prefix).float()
 
 

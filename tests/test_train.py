@@ -289,8 +289,9 @@ def test_a_batchs_common_prompt_prefix_computed_once_gives_the_same_logits_and_g
     hook = decoder.register_forward_pre_hook(lambda m, a, kw: calls.append(kw["input_ids"].shape), with_kwargs=True)
     prefix.logits(model, ids, mask, keep, shared * 2 + 1)
     prefix.logits(model, ids, mask, keep, shared * 2)
+    prefix.logits(model, ids, None, keep, 1)  # no attention mask (padding-free batches): the full pass
     hook.remove()
-    assert calls == [ids.shape, (1, shared), (3, width - shared)]
+    assert calls == [ids.shape, (1, shared), (3, width - shared), ids.shape]
 
 
 def test_answer_start_distillation_reads_the_first_answer_token_of_each_prompt(tiny_model_dir):
