@@ -178,7 +178,8 @@ def _trainer_class():
                 if mask is not None and ids.device.type != "cpu" else []
             for b in riders:
                 ids, mask, kept = distill.joined(ids, mask, kept, b, self.processing_class.pad_token_id or 0)
-            logits = prefix.logits(model, ids, mask, kept, None if riders else self.shared_prefix).float()
+            # shared_prefix is set on a CPU only, where nothing rides (train_lora)
+            logits = prefix.logits(model, ids, mask, kept, self.shared_prefix).float()
             tails = {}
             for b in reversed(riders):  # their positions come last, in order (a host-side shape: no sync)
                 n = b.idx.shape[0]
