@@ -223,7 +223,8 @@ def _row(name: str, outcome, acc: dict, wall: float) -> dict:
             "locality_ours": rel("locality"), "neighbourhood": after.get("neighbourhood", float("nan")),
             "general_ppl_change": rel("general_ppl", ratio=False),
             "kl_drift": after.get("kl_drift", float("nan")), "tokens_per_s": outcome.train.tokens_per_s,
-            "wall_s": wall, "gate": "pass" if outcome.decision.passed else "fail"}
+            "wall_s": wall, "gate": "pass" if outcome.decision.passed else "fail",
+            "gate_failed": [c.name for c in outcome.decision.checks if not c.passed]}
 
 
 def run_benchmark(sl: Slice, cfg_file: Path | None, overrides: list[str], work: Path, variants: list[str],
@@ -312,6 +313,7 @@ def _continual(sl: Slice, probes, cfg_file, overrides, work: Path, shared: Path,
                     "batch1_efficacy": acc.get("efficacy", float("nan")),
                     "batch1_paraphrase": acc.get("paraphrase", float("nan")),
                     "gate": "pass" if outcome.decision.passed else "fail", "version": outcome.version,
+                    "gate_failed": [c.name for c in outcome.decision.checks if not c.passed],
                     "promoted": outcome.promoted, "wall_s": time.perf_counter() - t})
     return out
 
@@ -337,20 +339,26 @@ def _cell(key: str, v) -> str:
     return f"{v:.2f}"
 
 
+def _gate(row: dict) -> str:
+    """The gate cell: a refused row names the checks that refused it."""
+    return f"fail: {', '.join(row['gate_failed'])}" if row.get("gate_failed") else row["gate"]
+
+
 def tables(results: dict) -> str:
     out = []
     for name, res in results.items():
         out.append(f"#### {name}: {res['n_facts']} facts, {res['n_probes']} benchmark probes\n")
         out.append("| " + " | ".join(h for _, h in COLUMNS) + " |")
         out.append("|" + "---|" * len(COLUMNS))
-        out += ["| " + " | ".join(_cell(k, r.get(k, float("nan"))) for k, _ in COLUMNS) + " |" for r in res["rows"]]
+        out += ["| " + " | ".join(_cell(k, r.get(k, float("nan"))) if k != "gate" else _gate(r) for k, _ in COLUMNS)
+                + " |" for r in res["rows"]]
         if res["continual"]:
             out.append(f"\nContinual ({len(res['continual'])} nightly batches, accuracy on batch 1 after each):\n")
             out.append("| night | facts | batch-1 accuracy | efficacy | authors' paraphrase | gate | promoted "
                        "| wall s |")
             out.append("|---|---|---|---|---|---|---|---|")
             out += [f"| {c['night']} | {c['facts']} | {c['batch1_accuracy']:.2f} | {_cell('', c['batch1_efficacy'])} "
-                    f"| {_cell('', c['batch1_paraphrase'])} | {c['gate']} | {c['promoted']} | {c['wall_s']:.0f} |"
+                    f"| {_cell('', c['batch1_paraphrase'])} | {_gate(c)} | {c['promoted']} | {c['wall_s']:.0f} |"
                     for c in res["continual"]]
         out.append("")
     return "\n".join(out)

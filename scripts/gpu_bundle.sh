@@ -52,6 +52,10 @@ xz -T0 -9e -k -c "$gguf" > .dev/ggufxz
 head -c 28000000 .dev/ggufxz > .dev/a/p
 tail -c +28000001 .dev/ggufxz > .dev/b/p
 rm .dev/ggufxz
+# the third-party benchmark data (read-only, ../shared/benchmarks; 0.3 MB xz) rides with part a, for
+# scripts/gpu_bench.sh (on the device: mkdir -p /tmp/bench && tar xJf .dev/a/bench.tar.xz -C /tmp/bench)
+bench=${BENCH_DATA:-../shared/benchmarks}
+[ -d "$bench" ] && tar cJf .dev/a/bench.tar.xz -C "$bench" .
 echo "wheels: $(ls .whl | wc -l) files, $(du -sh .whl | cut -f1); GGUF parts: $(du -sh .dev/a .dev/b | cut -f1 | xargs)"
 echo "GGUF sha256: $(sha256sum "$gguf" | cut -d' ' -f1)"
-echo "carry .whl + .dev/a (install; the gpu tests), then at once .dev/b (join, then the nights)"
+echo "carry .whl + .dev/a (install; the gpu tests), then at once .dev/b (join, then the nights or scripts/gpu_bench.sh)"

@@ -95,6 +95,8 @@ def test_bench_runs_end_to_end_on_the_tiny_model(tmp_path, data, tiny_model_dir,
         assert set(rows) == {"injector", "naive LoRA", "in-context (no training)", "base model"}
         assert all(0.0 <= rows[r]["efficacy"] <= 1.0 for r in ("injector", "naive LoRA", "base model"))
         assert rows["injector"]["tokens_per_s"] > 0 and rows["injector"]["gate"] in ("pass", "fail")
+        # a refused row says which checks refused it; a passed one names none
+        assert (rows["injector"]["gate"] == "fail") == bool(rows["injector"]["gate_failed"])
         assert [c["night"] for c in results[name]["continual"]] == [1, 2]
         for row, answers in (("base model", "base-answers.jsonl"), ("injector", "injector/answers.jsonl")):
             lines = [json.loads(x) for x in (tmp_path / "work" / name / answers).read_text().splitlines()]
