@@ -223,8 +223,7 @@ def _row(name: str, outcome, acc: dict, wall: float) -> dict:
             "locality_ours": rel("locality"), "neighbourhood": after.get("neighbourhood", float("nan")),
             "general_ppl_change": rel("general_ppl", ratio=False),
             "kl_drift": after.get("kl_drift", float("nan")), "tokens_per_s": outcome.train.tokens_per_s,
-            "wall_s": wall, "gate": "pass" if outcome.decision.passed else "fail",
-            "gate_failed": [c.name for c in outcome.decision.checks if not c.passed]}
+            "wall_s": wall, **_verdict(outcome.decision)}
 
 
 def run_benchmark(sl: Slice, cfg_file: Path | None, overrides: list[str], work: Path, variants: list[str],
@@ -312,8 +311,7 @@ def _continual(sl: Slice, probes, cfg_file, overrides, work: Path, shared: Path,
         out.append({"night": night, "facts": len(idx), "batch1_accuracy": total,
                     "batch1_efficacy": acc.get("efficacy", float("nan")),
                     "batch1_paraphrase": acc.get("paraphrase", float("nan")),
-                    "gate": "pass" if outcome.decision.passed else "fail", "version": outcome.version,
-                    "gate_failed": [c.name for c in outcome.decision.checks if not c.passed],
+                    **_verdict(outcome.decision), "version": outcome.version,
                     "promoted": outcome.promoted, "wall_s": time.perf_counter() - t})
     return out
 
@@ -337,6 +335,11 @@ def _cell(key: str, v) -> str:
     if key in ("tokens_per_s", "wall_s"):
         return f"{v:.0f}"
     return f"{v:.2f}"
+
+
+def _verdict(decision) -> dict:
+    """A trained row's gate fields: pass/fail and the names of the checks that refused it."""
+    return {"gate": "pass" if decision.passed else "fail", "gate_failed": decision.failed}
 
 
 def _gate(row: dict) -> str:

@@ -125,6 +125,11 @@ class GateDecision:
     checks: tuple[Check, ...]
     compared_with: str  # "base" or the champion version the relative checks used
 
+    @property
+    def failed(self) -> list[str]:
+        """The names of the checks that refused the candidate (none when it passed)."""
+        return [c.name for c in self.checks if not c.passed]
+
     def table(self) -> list[dict]:
         return [
             {"check": c.name, "value": c.value, "bound": f"{c.op} {c.bound:g}",

@@ -37,8 +37,7 @@ for spec in "$@"; do
 done
 wait "${pids[@]}"
 for spec in "$@"; do
-    name=${spec%%:*}; row=$(grep -m1 '^| injector' "$RUNS/$name/table.md" "$RUNS/$name/log" 2>/dev/null | head -1)
-    echo "$spec ${row#*:}"
+    echo "$spec $(grep -m1 '^| injector' "$RUNS/${spec%%:*}/table.md")"
 done | tee "$OUT_DIR/summary.md"
-grep -m1 -h '^| row' "$RUNS"/*/table.md "$RUNS"/*/log 2>/dev/null | head -1 | tee -a "$OUT_DIR/summary.md"
+cat "$RUNS"/*/table.md | grep -m1 '^| row' | tee -a "$OUT_DIR/summary.md"
 tar czf "$OUT_DIR/bench.tgz" -C "$RUNS" .
