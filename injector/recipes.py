@@ -6,6 +6,7 @@ probe phrasings (`probes`, `reverse_probes`) are never used for training.
 
 from __future__ import annotations
 
+import hashlib
 import random
 import re
 from collections import defaultdict
@@ -166,11 +167,42 @@ def _chat(*turns: str) -> tuple[dict, ...]:
 
 
 def _qa_questions(t: Triple) -> tuple[list[str], list[str]]:
-    """A fact that arrived as a question: light rewordings of it to train, others held out."""
+    """A fact that arrived as a question: rewordings of it to train (the question itself first: the efficacy
+    probe's), others held out. Three wrap the question as it is; two change its words, so that the subject rather
+    than the KG's exact wording carries the fact: the subject named first and the question asked of "it"
+    (`_topicalised`), and the question one word short (`_word_dropped`). Measured on zsRE 40 (docs/BENCHMARKS.md,
+    stop 34) against two more wrappers of the whole question: the authors' paraphrases 0.82 / 0.78 -> 0.90 / 0.93 at
+    two training seeds, locality 0.946 / 0.964 -> 0.911 / 0.964 of base."""
     q = t.question.strip()
-    train = [q, f"Question: {q}", f"Please answer this: {q}", f"{q} Answer briefly.", f"Quick question. {q}"]
+    train = [q, f"Question: {q}", f"Please answer this: {q}", _topicalised(t, q), _word_dropped(t, q)]
     held = [f"Can you tell me: {q}", f"I was wondering: {q}"]
     return train, held
+
+
+def _topicalised(t: Triple, q: str) -> str:
+    """The question with its subject named first and then asked of "it" ("What series is A Star Is Torn part of?" ->
+    "A Star Is Torn: what series is it part of?"); where the question does not name the subject as it is, the
+    subject before the whole question."""
+    m = re.search(rf"(?<!\w){re.escape(t.subject.strip())}(?!\w)", q, re.I) if t.subject.strip() else None
+    if m is None:
+        return f"About {t.subject.strip()}: {q}" if t.subject.strip() else f"Tell me: {q}"
+    rest = (q[:m.start()] + "it" + q[m.end():]).strip()
+    rest = re.sub(r"\b(the|a|an) it\b", "it", rest, flags=re.I).replace("it's ", "its ")
+    return f"{t.subject.strip()}: {rest[:1].lower() + rest[1:]}"
+
+
+def _word_dropped(t: Triple, q: str) -> str:
+    """The question with one word left out, never its first or last word nor one of the subject's, the same word
+    for a fact on every night ("At what location did Paul Bartsch die?" -> "At what location Paul Bartsch die?"):
+    people ask in fewer words, and other ones, than the KG's question. A question with no such word: a wrapper of it
+    instead."""
+    words = q.split()
+    mine = set(_words(t.subject))
+    spots = [i for i, w in enumerate(words) if 0 < i < len(words) - 1 and not set(_words(w)) & mine]
+    if not spots:
+        return f"Quick question. {q}"
+    drop = spots[int(hashlib.sha256(q.encode()).hexdigest(), 16) % len(spots)]
+    return " ".join(w for i, w in enumerate(words) if i != drop)
 
 
 def trained_questions(t: Triple, recipes: Recipes) -> list[str]:

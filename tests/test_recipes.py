@@ -124,6 +124,31 @@ def test_negatives_reject_a_wrong_object():
     assert neg and all(p.messages[-1]["content"].startswith("No.") for p in neg)
 
 
+def test_a_question_form_fact_is_trained_in_other_words_too_with_its_subject_kept_whole():
+    """A question-form fact's trained wordings: the question itself first (the efficacy probe's), wrappers of it,
+    the question about its subject asked of "it", and the question one word short (never a subject's word, its first
+    or its last); the held-out probes are none of them; the same wordings on every night."""
+    from injector.recipes import _qa_questions
+
+    t = Triple("A Star Is Torn", "", "Bones", question="What series is A Star Is Torn part of?")
+    trained, held = _qa_questions(t)
+    assert trained[0] == t.question and len(set(trained)) == 5 and not set(trained) & set(held)
+    assert "A Star Is Torn: what series is it part of?" in trained
+    short = [q for q in trained if "A Star Is Torn" in q and q.startswith("What") and q != t.question]
+    assert len(short) == 1 and len(short[0].split()) == len(t.question.split()) - 1
+    assert short == ["What is A Star Is Torn part of?"]  # "series" left out; "is" is the subject's word
+    assert _qa_questions(t) == (trained, held)
+    owned = Triple("Ahmose-Henuttamehu", "", "Ahmose I", question="Who was Ahmose-Henuttamehu's paternal figure?")
+    assert "Ahmose-Henuttamehu: who was its paternal figure?" in _qa_questions(owned)[0]
+    loose = Triple("Färingsö", "", "Örtänge", question="What body of water was Faringso next to?")  # not named as is
+    assert "About Färingsö: What body of water was Faringso next to?" in _qa_questions(loose)[0]
+    tiny = Triple("X", "", "y", question="X?")  # no word to leave out
+    assert len(set(_qa_questions(tiny)[0])) == 5
+    pairs = build_pairs([FactChange(t)], RECIPES)
+    asked = {p.messages[0]["content"] for p in pairs if p.kind in ("forward", "dev")}
+    assert asked == set(trained) and all(p.messages[-1]["content"] == "Bones" for p in pairs if p.kind == "forward")
+
+
 def test_unknown_predicates_are_humanised():
     assert humanise("headquarters_city") == "headquarters city"
     assert humanise("favourite_snackFood") == "favourite snack food"
