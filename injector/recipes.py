@@ -186,8 +186,10 @@ def _topicalised(t: Triple, q: str) -> str:
     m = re.search(rf"(?<!\w){re.escape(t.subject.strip())}(?!\w)", q, re.I) if t.subject.strip() else None
     if m is None:
         return f"About {t.subject.strip()}: {q}" if t.subject.strip() else f"Tell me: {q}"
-    rest = (q[:m.start()] + "it" + q[m.end():]).strip()
-    rest = re.sub(r"\b(the|a|an) it\b", "it", rest, flags=re.I).replace("it's ", "its ")
+    after = q[m.end():]
+    owned = after[:2] in ("'s", "\u2019s")  # "Ahmose's paternal figure" -> "its paternal figure"
+    before = re.sub(r"\b(the|a|an)\s+$", "", q[:m.start()], flags=re.I)  # "the Elgi River" -> "it"
+    rest = (before + ("its" if owned else "it") + (after[2:] if owned else after)).strip()
     return f"{t.subject.strip()}: {rest[:1].lower() + rest[1:]}"
 
 
