@@ -183,14 +183,15 @@ def _topicalised(t: Triple, q: str) -> str:
     """The question with its subject named first and then asked of "it" ("What series is A Star Is Torn part of?" ->
     "A Star Is Torn: what series is it part of?"); where the question does not name the subject as it is, the
     subject before the whole question."""
-    m = re.search(rf"(?<!\w){re.escape(t.subject.strip())}(?!\w)", q, re.I) if t.subject.strip() else None
+    subject = t.subject.strip()
+    m = re.search(rf"(?<!\w){re.escape(subject)}(?!\w)", q, re.I) if subject else None
     if m is None:
-        return f"About {t.subject.strip()}: {q}" if t.subject.strip() else f"Tell me: {q}"
+        return f"About {subject}: {q}" if subject else f"Tell me: {q}"
     after = q[m.end():]
     owned = after[:2] in ("'s", "\u2019s")  # "Ahmose's paternal figure" -> "its paternal figure"
     before = re.sub(r"\b(the|a|an)\s+$", "", q[:m.start()], flags=re.I)  # "the Elgi River" -> "it"
     rest = (before + ("its" if owned else "it") + (after[2:] if owned else after)).strip()
-    return f"{t.subject.strip()}: {rest[:1].lower() + rest[1:]}"
+    return f"{subject}: {rest[:1].lower() + rest[1:]}"
 
 
 def _word_dropped(t: Triple, q: str) -> str:
