@@ -47,6 +47,8 @@ def resolve_precision(choice: str) -> str:
 
     if choice != "auto":
         return choice
+    if os.environ.get("INJECTOR_DTYPE", "").strip().lower() == "float32":  # fp32 weights asked for: fp32 compute
+        return "fp32"
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
     try:

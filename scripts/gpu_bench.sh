@@ -4,8 +4,9 @@
 # and settings in one device call. Each run: a fresh home, the default config plus its overrides. OUT_DIR gets
 # summary.md (each run's row) and bench.tgz (each run's table, raw results, answers and log: one file, since a
 # device call brings back only a few).
-# Usage: scripts/gpu_bench.sh OUT_DIR DATA_DIR 'name:bench:override,override' ...
+# Usage: scripts/gpu_bench.sh OUT_DIR DATA_DIR 'name:bench:override,override[:VAR=value,VAR=value]' ...
 #   e.g. scripts/gpu_bench.sh $OUT .bench 'z0:zsre:train.seed=0' 'z1:zsre:train.seed=1' 'm0:mquake:'
+#   'z0f:zsre:train.seed=0:INJECTOR_DTYPE=float32' computes as the CPU does (fp32 weights and compute)
 #   GPU_BENCH_N (default 40) facts per slice, GPU_BENCH_S (default 480) the wall-time bound of each run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -24,15 +25,15 @@ $PY -c "import sys; from pathlib import Path; from injector.models import resolv
     || { echo "no base model"; exit 1; }
 pids=()
 for spec in "$@"; do
-    IFS=: read -r name bench overrides <<<"$spec"
+    IFS=: read -r name bench overrides envs <<<"$spec"
     mkdir -p "$RUNS/$name"
     home=$(mktemp -d)/home && mkdir -p "$home" && ln -s "$models/models" "$home/models"
     # shellcheck disable=SC2086
-    ( INJECTOR_HOME=$home timeout "$LIMIT" $PY -m injector bench -b "$bench" --n "$N" --variants injector \
+    ( env ${envs//,/ } INJECTOR_HOME=$home timeout "$LIMIT" $PY -m injector bench -b "$bench" --n "$N" --variants injector \
         --nights 0 --no-in-context --out '' --data "$DATA" --work "$home/work" \
         --results "$RUNS/$name/results.json" ${overrides//,/ } >"$RUNS/$name/table.md" 2>"$RUNS/$name/log"
       rc=$?; cp "$home/work/$bench/injector/answers.jsonl" "$RUNS/$name/" 2>/dev/null
-      echo "$name ($bench ${overrides:-defaults}) rc=$rc $(date +%T)" ) &
+      echo "$name ($bench ${overrides:-defaults} ${envs}) rc=$rc $(date +%T)" ) &
     pids+=($!)
 done
 wait "${pids[@]}"

@@ -78,6 +78,21 @@ def test_precision_choice():
         assert resolve_precision("auto") == "fp32"  # bf16 matmul is ~150x slower without AVX512-BF16
 
 
+def test_weights_dtype_follows_injector_dtype_and_names_a_bad_value(monkeypatch):
+    from injector.errors import InjectorError
+    from injector.models import weights_dtype
+
+    monkeypatch.setenv("INJECTOR_DTYPE", "bfloat16")
+    assert weights_dtype() == torch.bfloat16
+    monkeypatch.setenv("INJECTOR_DTYPE", "float32")
+    assert weights_dtype() == torch.float32
+    assert resolve_precision("auto") == "fp32"  # fp32 weights: fp32 compute, on any device
+    assert resolve_precision("bf16") == "bf16"  # an explicit choice stands
+    monkeypatch.setenv("INJECTOR_DTYPE", "fp8")
+    with pytest.raises(InjectorError, match="INJECTOR_DTYPE='fp8'"):
+        weights_dtype()
+
+
 # --- EWC, early stopping, QLoRA, resume ------------------------------------------------------------------
 
 def _peft(tiny_model_dir):
