@@ -231,7 +231,7 @@ def plan_candidate(cfg: Config, home: Home, log=print, triples: list[Path] | Non
             return None
     if cfg.recipes.model_sentences and recipes.answer_style == "sentence" and any(c.triple.question for c in changes):
         with timed("model_sentences"):
-            pairs = _model_sentences(changes, pairs, reference, tokenizer, cfg, log)
+            pairs = _model_sentences(changes, pairs, recipes, reference, tokenizer, cfg, log)
     if cfg.recipes.model_paraphrases:
         with timed("model_paraphrases"):
             pairs = pairs + _model_paraphrases(changes, recipes, reference, tokenizer, cfg, log)
@@ -771,7 +771,7 @@ def _model_paraphrases(changes, recipes, model, tokenizer, cfg: Config, log) -> 
     return pairs
 
 
-def _model_sentences(changes, pairs, model, tokenizer, cfg: Config, log) -> list:
+def _model_sentences(changes, pairs, recipes, model, tokenizer, cfg: Config, log) -> list:
     """The reference rewords each question-form fact's question and answer as one sentence (greedy); the usable
     ones (`recipes.model_sentence`) become the answers of that fact's pairs (`recipes.sentence_answers`)."""
     from injector.evaluate import generate
@@ -782,8 +782,8 @@ def _model_sentences(changes, pairs, model, tokenizer, cfg: Config, log) -> list
         question=t.question, answer=t.object)}] for t in asked], 40, cfg.eval.batch_size)
     sentences = {t.id: s for t, x in zip(asked, texts) if (s := model_sentence(x, t))}
     log(f"model sentences: {len(sentences)} of {len(asked)} question-form facts answered in the model's own "
-        f"sentence; the others with the bare entity")
-    return sentence_answers(pairs, changes, sentences)
+        f"sentence; the others as data_recipes/mix.yaml's question_answer")
+    return sentence_answers(pairs, changes, sentences, recipes)
 
 
 def _subject_neighbourhood(changes, earlier, recipes, cfg: Config) -> tuple[dict, dict]:

@@ -57,6 +57,8 @@ class Recipes:
     seed: int
     answer_style: str = "short"  # short: "Marrowgate" | sentence: "Anselm Tarrow was born in Marrowgate."
     generic_verb: Relation | None = None  # templates for unseen verb-phrase predicates
+    # the sentence answer of a fact given as a question (it has no relation, so no statement template)
+    question_answer: str = "{object}"
 
     def relation(self, predicate: str) -> Relation:
         key = normalise_predicate(predicate)
@@ -144,8 +146,12 @@ def load_recipes(directory: Path, language: str = "en") -> Recipes:
     style = mix.get("answer_style", "short")
     if style not in ("short", "sentence"):
         raise InjectorError(f"{mix_file}: answer_style: {style!r} is not short or sentence")
+    qa = mix.get("question_answer", "{object}")
+    if not isinstance(qa, str) or "{object}" not in qa or set(re.findall(r"{([^{}]*)}", qa)) - {"subject", "object"}:
+        raise InjectorError(f"{mix_file}: question_answer: {qa!r} must hold {{object}} and no field but {{subject}}")
     return Recipes(
         answer_style=style,
+        question_answer=qa,
         relations=relations,
         generic=_relation("generic", rel["generic"], str(rel_file)),
         generic_verb=_relation("generic_verb", rel["generic_verb"], str(rel_file)) if rel.get("generic_verb") else None,
@@ -220,6 +226,23 @@ def _short(text: str) -> str:
     return text.strip()
 
 
+def question_answer(t: Triple, recipes: Recipes) -> str:
+    """The sentence answer of a fact given as a question (`question_answer` in mix.yaml; the shipped one names the
+    subject, then the answer: "Gerald Ganglbauer: Parkinson's disease."). Whatever the question's words, the answer
+    then begins with the subject and the object follows it, so the object is learned after the subject's own tokens
+    rather than after one wording of the question. Measured on zsRE 40 (docs/BENCHMARKS.md, stop 35) against the
+    bare entity: the authors' paraphrase 0.90 -> 0.95 and locality 0.911 -> 0.946 of base on the issue's slice."""
+    return recipes.question_answer.format(subject=t.subject.strip(), object=t.object.strip())
+
+
+def fact_answer(t: Triple, recipes: Recipes) -> str:
+    """A fact's answer to its forward questions: the bare entity (answer_style short), else its sentence: the
+    relation's statement, or `question_answer` for a fact given as a question."""
+    if recipes.answer_style == "short":
+        return _short(t.object)
+    return question_answer(t, recipes) if t.question else _fill(recipes.relation(t.predicate).statement, t)
+
+
 def _unique_reverse(changes: list[FactChange]) -> set[tuple[str, str]]:
     """(predicate, object) pairs whose object names exactly one subject in this batch."""
     subjects = defaultdict(set)
@@ -254,7 +277,7 @@ def build_pairs(changes: list[FactChange], recipes: Recipes, seed: int | None = 
 
         questions = trained_questions(t, recipes)
         if t.question:
-            statement = t.object
+            statement = question_answer(t, recipes)
             qids = [f"qa:{i}" for i in range(len(questions))]
         else:
             statement = _fill(rel.statement, t)
@@ -444,18 +467,22 @@ def _words(text: str) -> list[str]:
 
 
 def sentence_answers(pairs: list[InstructionPair], changes: list[FactChange],
-                     sentences: dict[str, str]) -> list[InstructionPair]:
+                     sentences: dict[str, str], recipes: Recipes | None = None) -> list[InstructionPair]:
     """Question-form facts answered in the model's own sentence (fact id -> `model_sentence`) wherever a pair of
-    theirs answers with the bare entity: its questions ("Munich" -> "Paul Bartsch died in Munich.") and yes/no
-    checks ("Yes. Munich" -> "Yes. Paul Bartsch died in Munich."); `short` keeps the entity (train.entity_weight)."""
+    theirs answers with the bare entity or their `question_answer`: its questions ("Munich" -> "Paul Bartsch died
+    in Munich.") and yes/no checks ("Yes. Munich" -> "Yes. Paul Bartsch died in Munich."); `short` keeps the entity
+    (train.entity_weight)."""
     from dataclasses import replace
 
     objects = {c.triple.id: _short(c.triple.object) for c in changes if c.triple.question}
+    forms = {c.triple.id: {_short(c.triple.object)} | ({question_answer(c.triple, recipes)} if recipes else set())
+             for c in changes if c.triple.question}
     out = []
     for p in pairs:
         s, obj = sentences.get(p.fact_id), objects.get(p.fact_id)
         answer = p.messages[-1]["content"]
-        lead = next((x for x in ("", "Yes. ", "No. ") if answer == f"{x}{obj}"), None) if s and obj else None
+        lead = next((x for x in ("", "Yes. ", "No. ") for f in forms[p.fact_id] if answer == f"{x}{f}"), None) \
+            if s and obj else None
         if lead is not None and p.origin == "new":
             p = replace(p, messages=(*p.messages[:-1], {"role": "assistant", "content": f"{lead}{s}"}), short=obj)
         out.append(p)
@@ -475,7 +502,7 @@ def paraphrase_pairs(changes: list[FactChange], recipes: Recipes, rephrased: dic
         q = model_paraphrase(rephrased[t.id], t, known)
         if q is None:
             continue
-        answer = _short(t.object) if recipes.answer_style == "short" or t.question else _fill(rel.statement, t)
+        answer = fact_answer(t, recipes)
         pairs.append(InstructionPair(messages=_chat(q, answer), fact_id=t.id, kind="forward",
                                      template_id="model:paraphrase",
                                      short=_short(t.object) if answer != _short(t.object) else ""))

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from injector.errors import InjectorError
-from injector.recipes import Recipes, _fill, _short, humanise, trained_questions
+from injector.recipes import Recipes, _fill, _short, fact_answer, humanise, trained_questions
 from injector.records import InstructionPair, Probe, Triple
 
 _SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
@@ -118,7 +118,7 @@ def old_fact_pairs(facts: list[Triple], recipes: Recipes, n: int, rng: random.Ra
         rel = recipes.relation(t.predicate)
         asked = trained_questions(t, recipes)
         q = asked[0] if t.question else rng.choice(asked)
-        a = _short(t.object) if t.question or recipes.answer_style == "short" else _fill(rel.statement, t)
+        a = fact_answer(t, recipes)
         made = [InstructionPair(messages=({"role": "user", "content": x}, {"role": "assistant", "content": a}),
                                 fact_id=t.id, kind="replay_fact", template_id=f"{rel.name}:replay", origin="replay",
                                 short=_short(t.object) if a != _short(t.object) else "")

@@ -1,6 +1,8 @@
 """Data recipes: answers carry the object, probes never trained, determinism, quotas, reverse, replay."""
 
 import json
+import random
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -50,18 +52,34 @@ def test_every_pair_answer_carries_the_object():
 def test_questions_are_answered_in_the_relations_sentence_by_default_and_as_the_entity_when_asked():
     """The default answer form is the relation's statement (the model keeps answering questions in sentences, as
     before it was trained); `answer_style: short` answers with the entity alone. A fact given as a question has no
-    statement: short in both."""
+    statement: mix.yaml's `question_answer` names its subject, then the entity ("Kestrel Yard: Hollin Marsh.");
+    short: the entity alone. Earlier facts are replayed in the same answer."""
     import dataclasses
 
     short = dataclasses.replace(RECIPES, answer_style="short")
+    asked = 0
     for recipes in (RECIPES, short):
-        for p in build_pairs(facts(), recipes):
-            if p.kind not in ("forward", "dev"):
+        for p in build_pairs(facts(), recipes) + old_fact_pairs([c.triple for c in facts()], recipes, 99,
+                                                                random.Random(0)):
+            if p.kind not in ("forward", "dev", "replay_fact"):
                 continue
             t = next(c.triple for c in facts() if c.triple.id == p.fact_id)
-            want = t.object if recipes.answer_style == "short" or t.question else statement_of(t, recipes)
+            want = t.object if recipes.answer_style == "short" else \
+                f"{t.subject}: {t.object}." if t.question else statement_of(t, recipes)
             assert p.messages[-1]["content"] == want, p
-    assert RECIPES.answer_style == "sentence"
+            asked += bool(t.question) and recipes is RECIPES
+    assert RECIPES.answer_style == "sentence" and RECIPES.question_answer == "{subject}: {object}."
+    assert asked > 0  # the facts hold a question-form one
+
+
+def test_a_question_answer_form_without_the_object_or_with_another_field_is_named(tmp_path):
+    shutil.copytree(ROOT / "data_recipes", tmp_path / "r")
+    mix = tmp_path / "r" / "mix.yaml"
+    text = mix.read_text()
+    for bad in ("{subject} knows.", "{object} of {relation}"):
+        mix.write_text(text.replace('question_answer: "{subject}: {object}."', f'question_answer: "{bad}"'))
+        with pytest.raises(InjectorError, match=r"mix.yaml: question_answer: .* must hold \{object\}"):
+            load_recipes(tmp_path / "r")
 
 
 def test_probe_phrasings_are_never_trained():
@@ -146,7 +164,8 @@ def test_a_question_form_fact_is_trained_in_other_words_too_with_its_subject_kep
     assert len(set(_qa_questions(tiny)[0])) == 5
     pairs = build_pairs([FactChange(t)], RECIPES)
     asked = {p.messages[0]["content"] for p in pairs if p.kind in ("forward", "dev")}
-    assert asked == set(trained) and all(p.messages[-1]["content"] == "Bones" for p in pairs if p.kind == "forward")
+    assert asked == set(trained) and all(p.messages[-1]["content"] == "A Star Is Torn: Bones." for p in pairs
+                                        if p.kind == "forward")
 
 
 def test_unknown_predicates_are_humanised():
@@ -240,7 +259,8 @@ def test_facts_known_tonight_are_replayed_in_more_trained_wordings_as_far_as_the
     assert sorted(by_fact[qa.id]) == sorted(trained) and not set(by_fact[qa.id]) & set(held)  # never a held-out one
     assert len(set(by_fact[capital.id])) == n_capital
     assert all(len(by_fact[t.id]) == 1 for t in earlier[2:])
-    assert all(p.messages[1]["content"] == "Delaware River" for p in wide if p.fact_id == qa.id)
+    assert all(p.messages[1]["content"] == "Delaware Memorial Bridge: Delaware River." for p in wide
+               if p.fact_id == qa.id)
     # a tight quota: one pair per fact first, then one more wording per known fact in turn
     tight = old_fact_pairs(earlier, RECIPES, 7, random.Random(0), known=known)
     assert len(tight) == 7 and len({p.fact_id for p in tight}) == 5
@@ -473,19 +493,22 @@ def test_a_question_form_fact_takes_the_models_sentence_only_when_it_states_the_
     plain = Triple("Ada Vell", "citizenship", "Norland")
     changes = [FactChange(t, "added"), FactChange(plain, "added")]
     pairs = build_pairs(changes, RECIPES)
-    worded = sentence_answers(pairs, changes, {t.id: usable} if usable else {})
+    worded = sentence_answers(pairs, changes, {t.id: usable} if usable else {}, RECIPES)
     assert [p for p in worded if p.fact_id == plain.id] == [p for p in pairs if p.fact_id == plain.id]
+    framed = "Paul Bartsch: Munich."  # mix.yaml's question_answer
+    replaced = 0
     for before, after in zip(pairs, worded):
         if before.fact_id != t.id or not usable:
             assert after == before
             continue
         answer = before.messages[-1]["content"]
-        if answer in ("Munich", "Yes. Munich", "No. Munich"):  # questions, dialogue and yes/no checks
-            assert after.messages[-1]["content"] == answer.replace("Munich", usable) and after.short == "Munich"
+        if answer in (framed, f"Yes. {framed}", f"No. {framed}"):  # questions, dialogue and yes/no checks
+            assert after.messages[-1]["content"] == answer.replace(framed, usable) and after.short == "Munich"
             assert after.messages[:-1] == before.messages[:-1]
+            replaced += 1
         else:
             assert after == before
-    assert sum(p.short == "Munich" for p in worded) >= 5 * bool(usable)  # the trained questions at least
+    assert replaced >= 5 * bool(usable)  # the trained questions at least
 
 
 def test_question_answer_facts_are_asked_again_about_real_subjects():
