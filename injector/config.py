@@ -176,7 +176,8 @@ class TrainConfig(_Section):
     # At 0.15 (stop 32): zsRE 40 authors' paraphrase 0.78-0.82 at two seeds (under #16's 0.85); MQuAKE 40 0.96
     # and 0.964 of base; the continual run every night promoted (0.839 at 0.33, refused); the demo promoted.
     # Question-form facts trained in other words too (recipes._qa_questions, stop 34) took zsRE's paraphrase to
-    # 0.90 / 0.93 at 0.15 without touching the weight (locality 0.911 / 0.964 of base)
+    # 0.90 / 0.93 at 0.15 without touching the weight (locality 0.911 / 0.964 of base); twice the weight (0.3, stop
+    # 35, seed 0) left that locality where it was (0.911) and cost two paraphrases
     start_weight: float = Field(0.15, ge=0)
     seed: int = 0
     lora: LoraConfig = LoraConfig()
