@@ -156,18 +156,19 @@ WEIGHTS_DTYPES = ("float32", "bfloat16", "float16")
 def weights_dtype():
     """bf16 weights on a GPU that has bf16 (half the memory of fp32; adapters stay fp32, PEFT upcasts them);
     fp32 on the CPU, where bf16 matmuls are ~100x slower without AVX512-BF16 (docs/BENCHMARKS.md). `INJECTOR_DTYPE`
-    (float32, bfloat16, float16) overrides it: float32 on a GPU, with `train.precision=fp32`, computes as the CPU
-    does (no TF32 either), to tell a bf16 effect from a device's."""
+    (float32, bfloat16, float16) overrides it: float32 on a GPU (training in fp32 too where `train.precision` is
+    auto: `train.resolve_precision`) computes as the CPU does, without TF32, to tell a bf16 effect from a device's."""
     import torch
 
     choice = os.environ.get("INJECTOR_DTYPE", "").strip().lower()
-    if choice:
-        if choice not in WEIGHTS_DTYPES:
-            raise InjectorError(f"INJECTOR_DTYPE={choice!r}: use one of {', '.join(WEIGHTS_DTYPES)}")
-        return getattr(torch, choice)
-    if torch.cuda.is_available():
+    if choice and choice not in WEIGHTS_DTYPES:
+        raise InjectorError(f"INJECTOR_DTYPE={choice!r}: use one of {', '.join(WEIGHTS_DTYPES)}")
+    if torch.cuda.is_available() and choice != "float32":
         torch.backends.cuda.matmul.allow_tf32 = True  # the fp32 parts (adapters, loss) on tensor cores
         torch.backends.cudnn.allow_tf32 = True
+    if choice:
+        return getattr(torch, choice)
+    if torch.cuda.is_available():
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.float32
 

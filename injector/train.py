@@ -41,7 +41,8 @@ class EwcSpec:
 def resolve_precision(choice: str) -> str:
     """bf16 only where matmuls are fast in bf16: CUDA with bf16, or a CPU with AVX512-BF16/AMX.
 
-    On an AVX2-only CPU bf16 matmul is ~150x slower than fp32 (measured: 1 vs 160 GFLOP/s).
+    On an AVX2-only CPU bf16 matmul is ~150x slower than fp32 (measured: 1 vs 160 GFLOP/s). With fp32 weights asked
+    for (`INJECTOR_DTYPE=float32`, `models.weights_dtype`), auto is fp32 on any device.
     """
     import torch
 
