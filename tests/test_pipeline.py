@@ -188,7 +188,8 @@ def test_turtle_with_unseen_predicates_trains_with_generated_templates(home, tin
 def test_question_form_facts_are_reworded_by_the_model_when_answers_are_sentences(home, tiny_model_dir, tmp_path,
                                                                                  lenient_eval):
     """Facts that arrive as questions have no statement template: the reference is asked to reword each as one
-    sentence (a random tiny model's words are never usable: they keep the bare entity), timed as its own part."""
+    sentence (a random tiny model's words are never usable: they keep mix.yaml's question_answer), timed as its own
+    part."""
     qa = tmp_path / "qa.jsonl"
     qa.write_text("".join(json.dumps({"subject": f["subject"], "question": f"Who leads {f['subject']}?",
                                       "object": f["object"]}) + "\n" for f in TINY_FACTS[:2]))
@@ -197,8 +198,8 @@ def test_question_form_facts_are_reworded_by_the_model_when_answers_are_sentence
     lines: list[str] = []
     out = run_train([qa], cfg, home, log=lambda *a: lines.append(" ".join(map(str, a))))
     assert out.version == "1" and "model_sentences" in out.part_s
-    assert "model sentences: 0 of 2 question-form facts answered in the model's own sentence; the others with " \
-           "the bare entity" in lines, lines
+    assert "model sentences: 0 of 2 question-form facts answered in the model's own sentence; the others as " \
+           "data_recipes/mix.yaml's question_answer" in lines, lines
 
 
 def test_known_facts_are_triaged_out_of_training(home, tiny_model_dir, tmp_path, lenient_eval):
