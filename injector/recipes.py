@@ -282,7 +282,7 @@ def build_pairs(changes: list[FactChange], recipes: Recipes, seed: int | None = 
         else:
             statement = _fill(rel.statement, t)
             qids = [f"{rel.name}:q{i}" for i in range(len(questions))]
-        answer = _short(t.object) if recipes.answer_style == "short" else statement
+        answer = fact_answer(t, recipes)
         short = _short(t.object)
         order = list(range(len(questions)))
         rng.shuffle(order)
