@@ -231,7 +231,8 @@ def question_answer(t: Triple, recipes: Recipes) -> str:
     subject, then the answer: "Gerald Ganglbauer: Parkinson's disease."). Whatever the question's words, the answer
     then begins with the subject and the object follows it, so the object is learned after the subject's own tokens
     rather than after one wording of the question. Measured on zsRE 40 (docs/BENCHMARKS.md, stop 35) against the
-    bare entity: the authors' paraphrase 0.90 -> 0.95 and locality 0.911 -> 0.946 of base on the issue's slice."""
+    bare entity, three paired runs (two training seeds, two slices): the authors' paraphrase 0.90 / 0.93 / 0.78 ->
+    0.95 / 0.93 / 0.88, locality 0.911 / 0.964 / 0.946 -> 0.946 / 0.929 / 0.982 of base."""
     return recipes.question_answer.format(subject=t.subject.strip(), object=t.object.strip())
 
 
