@@ -153,6 +153,14 @@ def device() -> str:
 WEIGHTS_DTYPES = ("float32", "bfloat16", "float16")
 
 
+def chosen_dtype() -> str:
+    """The weights' dtype asked for by `INJECTOR_DTYPE` (one of `WEIGHTS_DTYPES`), or "" for the device's own."""
+    choice = os.environ.get("INJECTOR_DTYPE", "").strip().lower()
+    if choice and choice not in WEIGHTS_DTYPES:
+        raise InjectorError(f"INJECTOR_DTYPE={choice!r}: use one of {', '.join(WEIGHTS_DTYPES)}")
+    return choice
+
+
 def weights_dtype():
     """bf16 weights on a GPU that has bf16 (half the memory of fp32; adapters stay fp32, PEFT upcasts them);
     fp32 on the CPU, where bf16 matmuls are ~100x slower without AVX512-BF16 (docs/BENCHMARKS.md). `INJECTOR_DTYPE`
@@ -160,9 +168,7 @@ def weights_dtype():
     auto: `train.resolve_precision`) computes as the CPU does, without TF32, to tell a bf16 effect from a device's."""
     import torch
 
-    choice = os.environ.get("INJECTOR_DTYPE", "").strip().lower()
-    if choice and choice not in WEIGHTS_DTYPES:
-        raise InjectorError(f"INJECTOR_DTYPE={choice!r}: use one of {', '.join(WEIGHTS_DTYPES)}")
+    choice = chosen_dtype()
     if torch.cuda.is_available() and choice != "float32":
         torch.backends.cuda.matmul.allow_tf32 = True  # the fp32 parts (adapters, loss) on tensor cores
         torch.backends.cudnn.allow_tf32 = True

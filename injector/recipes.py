@@ -146,7 +146,7 @@ def load_recipes(directory: Path, language: str = "en") -> Recipes:
     style = mix.get("answer_style", "short")
     if style not in ("short", "sentence"):
         raise InjectorError(f"{mix_file}: answer_style: {style!r} is not short or sentence")
-    qa = mix.get("question_answer", "{object}")
+    qa = mix.get("question_answer", Recipes.question_answer)
     if not isinstance(qa, str) or "{object}" not in qa or set(re.findall(r"{([^{}]*)}", qa)) - {"subject", "object"}:
         raise InjectorError(f"{mix_file}: question_answer: {qa!r} must hold {{object}} and no field but {{subject}}")
     return Recipes(
@@ -468,24 +468,25 @@ def _words(text: str) -> list[str]:
 
 
 def sentence_answers(pairs: list[InstructionPair], changes: list[FactChange],
-                     sentences: dict[str, str], recipes: Recipes | None = None) -> list[InstructionPair]:
+                     sentences: dict[str, str], recipes: Recipes) -> list[InstructionPair]:
     """Question-form facts answered in the model's own sentence (fact id -> `model_sentence`) wherever a pair of
     theirs answers with the bare entity or their `question_answer`: its questions ("Munich" -> "Paul Bartsch died
     in Munich.") and yes/no checks ("Yes. Munich" -> "Yes. Paul Bartsch died in Munich."); `short` keeps the entity
     (train.entity_weight)."""
     from dataclasses import replace
 
-    objects = {c.triple.id: _short(c.triple.object) for c in changes if c.triple.question}
-    forms = {c.triple.id: {_short(c.triple.object)} | ({question_answer(c.triple, recipes)} if recipes else set())
+    # per question-form fact: its entity, then the answer forms a pair of its may carry (the entity, the frame)
+    forms = {c.triple.id: (_short(c.triple.object), question_answer(c.triple, recipes))
              for c in changes if c.triple.question}
     out = []
     for p in pairs:
-        s, obj = sentences.get(p.fact_id), objects.get(p.fact_id)
+        s, mine = sentences.get(p.fact_id), forms.get(p.fact_id)
         answer = p.messages[-1]["content"]
-        lead = next((x for x in ("", "Yes. ", "No. ") for f in forms[p.fact_id] if answer == f"{x}{f}"), None) \
-            if s and obj else None
+        lead = next((x for x in ("", "Yes. ", "No. ") for f in mine if answer == f"{x}{f}"), None) \
+            if s and mine else None
         if lead is not None and p.origin == "new":
-            p = replace(p, messages=(*p.messages[:-1], {"role": "assistant", "content": f"{lead}{s}"}), short=obj)
+            p = replace(p, messages=(*p.messages[:-1], {"role": "assistant", "content": f"{lead}{s}"}),
+                        short=mine[0])
         out.append(p)
     return out
 

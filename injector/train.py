@@ -48,7 +48,9 @@ def resolve_precision(choice: str) -> str:
 
     if choice != "auto":
         return choice
-    if os.environ.get("INJECTOR_DTYPE", "").strip().lower() == "float32":  # fp32 weights asked for: fp32 compute
+    from injector.models import chosen_dtype
+
+    if chosen_dtype() == "float32":  # fp32 weights asked for: fp32 compute
         return "fp32"
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
