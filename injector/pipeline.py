@@ -291,15 +291,21 @@ def _start_prompts(cfg: Config, probes) -> tuple[str, ...]:
             or not cfg.recipes.general_replay:
         return ()
     locality = {p.question for p in probes if p.kind == "locality"}
-    return tuple(p for _, p in _general_prompts(cfg) if p not in locality)
+    return tuple(p for _, p in _general_prompts(cfg, knowledge=False) if p not in locality)
 
 
-def _general_prompts(cfg: Config) -> list[tuple[str, str]]:
-    """The general instructions (`data_recipes/general_prompts.<language>.jsonl`): replayed in the model's own
-    answers, and the answer-start prompts."""
+def _general_prompts(cfg: Config, knowledge: bool = True) -> list[tuple[str, str]]:
+    """The general prompts replayed in the model's own answers: the general instructions
+    (`data_recipes/general_prompts.<language>.jsonl`, also the answer-start prompts) and, with `knowledge`, the
+    everyday-knowledge questions (`knowledge_prompts.<language>.jsonl`, optional): short quiz questions on what the
+    locality probes ask about (planets, organs, units, inventors), never the probes' own facts. Not answer-start
+    prompts: they ask in the form of a question-form fact, whose first answer token the night changes."""
     from injector.replay import load_prompts
 
-    return load_prompts(cfg.content_path(cfg.recipes.dir) / f"general_prompts.{cfg.recipes.language}.jsonl")
+    d, lang = cfg.content_path(cfg.recipes.dir), cfg.recipes.language
+    quiz = d / f"knowledge_prompts.{lang}.jsonl"
+    return load_prompts(d / f"general_prompts.{lang}.jsonl") + (load_prompts(quiz) if knowledge and quiz.exists()
+                                                                 else [])
 
 
 def _replay_budget(pairs, cfg: Config) -> int:

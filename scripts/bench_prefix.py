@@ -48,7 +48,8 @@ def main() -> None:
     pairs = [p for p in build_pairs(facts, load_recipes(ROOT / "data_recipes")) if p.kind != "dev"]
     train_rows = [_packed_row(tok, [p]) for p in supervised(pairs, cfg.train)]
     random.Random(0).shuffle(train_rows)  # the trainer's batches are shuffled, not length-grouped
-    starts = [_chat_ids(tok, [{"role": "user", "content": q}], prompt=True) for _, q in _general_prompts(cfg)]
+    starts = [_chat_ids(tok, [{"role": "user", "content": q}], prompt=True)
+              for _, q in _general_prompts(cfg, knowledge=False)]
     pad = tok.pad_token_id or 0
 
     def batch(rows, answers: bool):

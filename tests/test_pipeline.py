@@ -287,8 +287,31 @@ def test_answer_starts_are_every_general_instruction_but_no_locality_probe_and_n
                 Probe(general[0], ("light",), "locality"), Probe(general[1], ("x",), "efficacy")]
     got = _start_prompts(cfg, locality)
     assert got == tuple(general[1:]) and len(got) > 300  # a locality probe left out, another kind's question kept
+    quiz = [p for _, p in load_prompts(ROOT / "data_recipes" / "knowledge_prompts.en.jsonl")]
+    assert quiz and not set(quiz) & set(got)  # replayed, but no answer start: they ask in a fact's form
     asked = {_fill(x, Triple(s, rel, "")) for rel, subjects in load_anchors(ROOT / "data_recipes" / "anchors.en.yaml")
              .items() for s in subjects for x in recipes.relation(rel).questions}
     assert len(asked) > 200 and not asked & set(got)
     for off in ("train.start_kd=0", "train.start_weight=0", "train.distill_weight=0", "recipes.general_replay=false"):
         assert _start_prompts(load_config(overrides=[off]), locality) == (), off
+
+
+def test_general_replay_draws_from_the_instructions_and_the_knowledge_questions_where_the_language_has_them(
+        tmp_path):
+    """The self-distilled general replay's pool: the instructions and the everyday-knowledge quiz questions; a
+    language with no `knowledge_prompts.<lang>.jsonl` replays its instructions alone."""
+    import shutil
+
+    from conftest import ROOT
+
+    from injector.config import load_config
+    from injector.pipeline import _general_prompts
+    from injector.replay import load_prompts
+
+    general = load_prompts(ROOT / "data_recipes" / "general_prompts.en.jsonl")
+    quiz = load_prompts(ROOT / "data_recipes" / "knowledge_prompts.en.jsonl")
+    assert _general_prompts(load_config()) == general + quiz
+    assert _general_prompts(load_config(), knowledge=False) == general
+    shutil.copytree(ROOT / "data_recipes", tmp_path / "r")
+    (tmp_path / "r" / "knowledge_prompts.en.jsonl").unlink()
+    assert _general_prompts(load_config(overrides=[f"recipes.dir={tmp_path / 'r'}"])) == general
