@@ -195,7 +195,7 @@ class RecipesConfig(_Section):
     language: str = "en"
     new: int = Field(3, ge=1)  # new : replay mix, 3:1 by default
     replay: int = Field(1, ge=0)
-    general_replay: bool = True  # self-distilled general instructions among the replay
+    general_replay: bool = True  # self-distilled general prompts (instructions, everyday-knowledge quiz) in the replay
     old_fact_share: float = Field(0.5, ge=0, le=1)  # share of the replay budget for earlier facts (when any)
     # every earlier fact that shares a subject or relation with the batch is replayed once, beyond its share when
     # needed (up to one more replay budget): on a small night after a larger one, the share leaves most of the

@@ -258,7 +258,7 @@ def plan_candidate(cfg: Config, home: Home, log=print, triples: list[Path] | Non
             f"{sum(p.fact_id in known_ids for p in old)} wordings), {sum(p.kind == 'anchor' for p in replay)} anchors, "
             f"{sum(p.kind == 'subject' for p in replay)} neighbourhood questions (the subjects' other relations, the "
             f"questions about other subjects, the objects' relations), "
-            f"{sum(p.kind == 'general' for p in replay)} general instructions"
+            f"{sum(p.kind == 'general' for p in replay)} general prompts (instructions, everyday-knowledge questions)"
             + (f"; {', '.join(sorted(cfg.train.kd_kinds))} by logit distillation alone" if cfg.train.kd_kinds else ""))
     generated = sorted({humanise(c.triple.predicate) for c in changes
                         if not c.triple.question and recipes.generated(c.triple.predicate)})
@@ -811,7 +811,7 @@ def _replay(pairs, changes, earlier, recipes, cfg: Config, model, tokenizer, hom
             exclude: tuple[str, ...] = (), kd_pool: int = 0, old_rotations: int = 1,
             known: set[str] = frozenset()) -> list:
     """Replay for a new:replay mix: earlier facts (up to their share), anchors in the batch's relations (every
-    relation for question-answer facts; up to their share), self-distilled general instructions for the rest; and on
+    relation for question-answer facts; up to their share), self-distilled general prompts for the rest; and on
     top, each subject of the batch asked one of its other relations, each question-answer fact's question asked about
     a real subject, each real object of the batch asked its own relations (`exclude`: questions they must not
     ask). Prompts are answered by the current model. The budget is the mix's times `rotations`; the anchors and
