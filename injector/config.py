@@ -196,6 +196,12 @@ class RecipesConfig(_Section):
     new: int = Field(3, ge=1)  # new : replay mix, 3:1 by default
     replay: int = Field(1, ge=0)
     general_replay: bool = True  # self-distilled general prompts (instructions, everyday-knowledge quiz) in the replay
+    # the everyday-knowledge quiz questions (data_recipes/knowledge_prompts.<lang>.jsonl) among the general prompts the
+    # replay draws from (the same number drawn). Measured (docs/BENCHMARKS.md, stop 36): zsRE 40 locality 0.946 /
+    # 0.929 -> 0.964 / 0.982 of base at two training seeds, MQuAKE 40 and the demo the same within a probe; the
+    # 5-night continual MQuAKE run every night promoted, but night 5 at 0.875 of base (0.964 at stop 32, before the
+    # once-a-step answer starts: not paired). false: the instructions alone, as before stop 36
+    knowledge_replay: bool = True
     old_fact_share: float = Field(0.5, ge=0, le=1)  # share of the replay budget for earlier facts (when any)
     # every earlier fact that shares a subject or relation with the batch is replayed once, beyond its share when
     # needed (up to one more replay budget): on a small night after a larger one, the share leaves most of the

@@ -296,9 +296,10 @@ def _start_prompts(cfg: Config, probes) -> tuple[str, ...]:
 
 def _general_prompts(cfg: Config, knowledge: bool = True) -> list[tuple[str, str]]:
     """The general prompts replayed in the model's own answers: the general instructions
-    (`data_recipes/general_prompts.<language>.jsonl`, also the answer-start prompts) and, with `knowledge`, the
-    everyday-knowledge questions (`knowledge_prompts.<language>.jsonl`, optional): short quiz questions on what the
-    locality probes ask about (planets, organs, units, inventors), never the probes' own facts. `knowledge=False`
+    (`data_recipes/general_prompts.<language>.jsonl`, also the answer-start prompts) and, with `knowledge` and
+    `recipes.knowledge_replay`, the everyday-knowledge questions (`knowledge_prompts.<language>.jsonl`, optional):
+    short quiz questions on what the locality probes ask about (planets, organs, units, inventors), never the
+    probes' own facts. `knowledge=False`
     for the answer-start prompts: the quiz asks short questions in a fact's own form, as anchor questions do, and
     anchors among the starts cost held-out paraphrases (stops 28-29); the quiz was not measured there."""
     from injector.replay import load_prompts
@@ -306,7 +307,7 @@ def _general_prompts(cfg: Config, knowledge: bool = True) -> list[tuple[str, str
     d, lang = cfg.content_path(cfg.recipes.dir), cfg.recipes.language
     prompts = load_prompts(d / f"general_prompts.{lang}.jsonl")
     quiz = d / f"knowledge_prompts.{lang}.jsonl"
-    return prompts + load_prompts(quiz) if knowledge and quiz.exists() else prompts
+    return prompts + load_prompts(quiz) if knowledge and cfg.recipes.knowledge_replay and quiz.exists() else prompts
 
 
 def _replay_budget(pairs, cfg: Config) -> int:

@@ -312,6 +312,7 @@ def test_general_replay_draws_from_the_instructions_and_the_knowledge_questions_
     quiz = load_prompts(ROOT / "data_recipes" / "knowledge_prompts.en.jsonl")
     assert _general_prompts(load_config()) == general + quiz
     assert _general_prompts(load_config(), knowledge=False) == general
+    assert _general_prompts(load_config(overrides=["recipes.knowledge_replay=false"])) == general
     shutil.copytree(ROOT / "data_recipes", tmp_path / "r")
     (tmp_path / "r" / "knowledge_prompts.en.jsonl").unlink()
     assert _general_prompts(load_config(overrides=[f"recipes.dir={tmp_path / 'r'}"])) == general
