@@ -299,9 +299,9 @@ def _general_prompts(cfg: Config, knowledge: bool = True) -> list[tuple[str, str
     (`data_recipes/general_prompts.<language>.jsonl`, also the answer-start prompts) and, with `knowledge` and
     `recipes.knowledge_replay`, the everyday-knowledge questions (`knowledge_prompts.<language>.jsonl`, optional):
     short quiz questions on what the locality probes ask about (planets, organs, units, inventors), never the
-    probes' own facts. `knowledge=False`
-    for the answer-start prompts: the quiz asks short questions in a fact's own form, as anchor questions do, and
-    anchors among the starts cost held-out paraphrases (stops 28-29); the quiz was not measured there."""
+    probes' own facts. `knowledge=False` for the answer-start prompts: the quiz asks short questions in a fact's
+    own form, as anchor questions do, and anchors among the starts cost held-out paraphrases (stops 28-29); the
+    quiz was not measured there."""
     from injector.replay import load_prompts
 
     d, lang = cfg.content_path(cfg.recipes.dir), cfg.recipes.language
