@@ -91,6 +91,11 @@ class TrainConfig(_Section):
     # positions, one more pass. The bar is what a pass costs before any arithmetic on a 2-core CPU, in positions
     # (docs/BENCHMARKS.md). null: every row computes its own prefix
     shared_prefix_min_tokens: int | None = Field(64, ge=1)
+    # on a CPU (one process), a micro-batch's training rows and the replay and answer-start rows distilled with it go
+    # in one forward/backward pass, end to end with no padding, each row attending to its own tokens and the shared
+    # prefix only (injector/prefix.flat_logits): the same logits and gradients, one pass instead of up to three, no
+    # arithmetic on padding. false: a pass each (measured in docs/BENCHMARKS.md)
+    flat_batches: bool = True
     max_length: int = Field(128, ge=16)  # per pair: a fact pair is ~40-70 tokens with the chat template
     # pairs of different facts per training conversation (train.pack_rows): the template's prefix is paid once per
     # conversation, not per pair; `batch_size` still counts pairs, so the optimizer steps per epoch are unchanged.

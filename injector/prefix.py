@@ -44,3 +44,62 @@ def _backbone(model):
     of weights even for one position): `base_model` of the (PEFT-wrapped) causal LM, the adapter's layers in it."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     return inner.base_model
+
+
+
+def flat_logits(model, batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+                min_saved: int | None) -> list[torch.Tensor]:
+    """`logits` of several right-padded batches (input_ids, attention_mask, keep) in one forward pass: every row's
+    attended tokens end to end in one padding-free sequence, each attending causally to its own tokens only (a
+    block-diagonal mask, positions restarting per row), the rows' common prefix computed once where that saves at
+    least `min_saved` positions. The prefix's logits are computed once too, for the rows that keep them (replay rows
+    distil every position, the chat template's system prompt included). One pass instead of one a batch, and no
+    padding: on a CPU a pass costs ~0.2-0.3 s before any arithmetic (every weight read once more) and padding is
+    arithmetic on nothing (docs/BENCHMARKS.md). A row's logits are those of its own pass (a test checks them and the
+    gradients). Returns each batch's kept logits, in order; where the attention takes no custom mask (neither sdpa
+    nor eager) or a batch is not right-padded, each batch's own `logits`."""
+    impl = getattr(model.config, "_attn_implementation", None)
+    rows = [(ids[:n], kp[:n]) for b_ids, b_mask, b_keep in batches
+            for ids, kp, n in zip(b_ids, b_keep, b_mask.sum(1).tolist(), strict=True)]
+    padded_right = all(int(m.sum()) == int(m.cumprod(1).sum()) for _, m, _ in batches)  # attended, then padding
+    if impl not in ("sdpa", "eager") or not padded_right or any(len(ids) < 2 for ids, _ in rows):
+        return [logits(model, *b, min_saved) for b in batches]
+    n = _flat_prefix([r for r, _ in rows]) if min_saved is not None else 0
+    n = n if n * (len(rows) - 1) >= (min_saved or 1) else 0
+    cache = head = None
+    if n:
+        first = rows[0][0][None, :n]
+        pre_keep = torch.stack([k[:n] for _, k in rows]).any(0)  # prefix positions some row keeps
+        if pre_keep.any():
+            out = model(input_ids=first, logits_to_keep=pre_keep[None], use_cache=True)
+            cache, head = out.past_key_values, out.logits
+        else:  # no logits: the decoder stack alone
+            cache = _backbone(model)(input_ids=first, use_cache=True).past_key_values
+        n = n if cache is not None else 0  # no cache kept (gradient checkpointing): the prefix in every row
+    ids = torch.cat([r[n:] for r, _ in rows])[None]
+    pos = torch.cat([torch.arange(n, len(r), device=ids.device) for r, _ in rows])[None]
+    seg = torch.cat([torch.full((len(r) - n,), i, device=ids.device) for i, (r, _) in enumerate(rows)])
+    allow = (seg[:, None] == seg[None, :]).tril()
+    allow = torch.cat([allow.new_ones(len(seg), n), allow], 1)[None, None]  # [1, 1, T, n + T]: the prefix, then own
+    if impl == "eager":  # an additive mask
+        dtype = next(model.parameters()).dtype
+        allow = torch.zeros(allow.shape, dtype=dtype, device=ids.device).masked_fill(~allow, torch.finfo(dtype).min)
+    out = model(input_ids=ids, position_ids=pos, attention_mask=allow, past_key_values=cache if n else None,
+                logits_to_keep=torch.cat([k[n:] for _, k in rows])[None], use_cache=False).logits
+    if head is not None:  # each row's prefix logits (the shared ones), then its own, in row-major order
+        slot = (pre_keep.cumsum(0) - 1).tolist()
+        index, at = [], head.shape[0]
+        for _, k in rows:
+            own = int(k[n:].sum())
+            index += [slot[i] for i in k[:n].nonzero().flatten().tolist()] + list(range(at, at + own))
+            at += own
+        out = torch.cat([head, out]).index_select(0, torch.tensor(index, device=out.device))
+    return list(out.split([int(b_keep.sum()) for _, _, b_keep in batches]))
+
+
+def _flat_prefix(rows: list[torch.Tensor]) -> int:
+    """The length of the token prefix every row shares, at least one token of each row left."""
+    n = min(map(len, rows)) - 1
+    for r in rows[1:]:
+        n = int((r[:n] == rows[0][:n]).int().cumprod(0).sum())
+    return n

@@ -153,6 +153,7 @@ def _trainer_class():
         entity_weight = 1.0
         learned_ignore = None  # token ids an answer need not reproduce (tensor)
         shared_prefix: int | None = None  # train.shared_prefix_min_tokens where it applies (a CPU, one process)
+        flat = False  # train.flat_batches where it applies (a CPU, one process)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             # through the (possibly DDP-wrapped) model's own forward, so that DDP arms its gradient all-reduce and
@@ -175,20 +176,25 @@ def _trainer_class():
             start = self.start.next() if self.start is not None and model.training and \
                 self.accelerator.sync_gradients else None
             ids, mask, kept = inputs["input_ids"], inputs.get("attention_mask"), keep
-            # on an accelerator the replay text (and the answer starts) ride in the training micro-batch's
-            # forward/backward pass: fewer passes, where a step is bound by launching kernels. Not on a CPU, which is
-            # bound by arithmetic: there the padding that joins rows of other widths cost 1.4-1.7x the two passes
-            # (docs/BENCHMARKS.md)
-            riders = [b for b in (teacher, start) if b is not None] \
-                if mask is not None and ids.device.type != "cpu" else []
-            for b in riders:
-                ids, mask, kept = distill.joined(ids, mask, kept, b, self.processing_class.pad_token_id or 0)
-            # shared_prefix is set on a CPU only, where nothing rides (train_lora)
-            logits = prefix.logits(model, ids, mask, kept, self.shared_prefix).float()
+            # the replay text (and the answer starts) ride in the training micro-batch's forward/backward pass: on an
+            # accelerator, bound by launching kernels, as rows of one padded batch; on a CPU, bound by arithmetic,
+            # where padding rows to a common width cost 1.4-1.7x the separate passes, end to end in one padding-free
+            # row (train.flat_batches; docs/BENCHMARKS.md)
+            riders = [b for b in (teacher, start) if b is not None] if mask is not None else []
             tails = {}
-            for b in reversed(riders):  # their positions come last, in order (a host-side shape: no sync)
-                n = b.idx.shape[0]
-                logits, tails[id(b)] = logits[:-n], logits[-n:]
+            if self.flat and mask is not None:  # a CPU, one process (train_lora): rows end to end, no padding, one pass
+                parts = prefix.flat_logits(model, [(ids, mask, kept)] + [
+                    (b.input_ids, b.attention_mask, distill.positions(b)) for b in riders], self.shared_prefix)
+                logits, tails = parts[0].float(), {id(b): t for b, t in zip(riders, parts[1:], strict=True)}
+            else:
+                riders = riders if ids.device.type != "cpu" else []
+                for b in riders:
+                    ids, mask, kept = distill.joined(ids, mask, kept, b, self.processing_class.pad_token_id or 0)
+                # shared_prefix is set on a CPU only, where nothing rides (train_lora)
+                logits = prefix.logits(model, ids, mask, kept, self.shared_prefix).float()
+                for b in reversed(riders):  # their positions come last, in order (a host-side shape: no sync)
+                    n = b.idx.shape[0]
+                    logits, tails[id(b)] = logits[:-n], logits[-n:]
             targets = labels[:, 1:][keep[:, :-1]]
             nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets, reduction="none")
             if self.entities:  # train.entity_weight
@@ -680,6 +686,7 @@ def train_lora(
             trainer.remove_callback(cb)
     if device() == "cpu" and not dist.multi:  # bound by arithmetic, one process (prefix.py)
         trainer.shared_prefix = cfg.shared_prefix_min_tokens
+        trainer.flat = cfg.flat_batches
     if ewc_spec is not None and ewc_spec.lam > 0 and ewc_spec.replay:
         params = {n: p for n, p in trainer.model.named_parameters() if p.requires_grad}
         with timed("fisher"):

@@ -309,6 +309,72 @@ def test_a_batchs_common_prompt_prefix_computed_once_gives_the_same_logits_and_g
     assert calls == [ids.shape, (1, shared), (3, width - shared), ids.shape]
 
 
+def test_a_micro_batchs_rows_end_to_end_in_one_padding_free_pass_give_each_rows_own_logits_and_gradients(
+        tiny_model_dir):
+    """Training rows, replay rows and answer-start prompts (right-padded batches of other widths) in one pass: every
+    row's kept logits and the adapter's gradients are those of each batch's own pass, with the common prefix once or
+    in every row, under sdpa and eager attention; the passes run are the prefix's and one more."""
+    from injector import prefix
+
+    torch.manual_seed(0)
+    model = _peft(tiny_model_dir)
+    with torch.no_grad():  # a non-zero adapter, so the LoRA A matrices get gradients too
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.2)
+    tok = load_tokenizer(str(tiny_model_dir))
+
+    def batch(rows, keep_from):
+        width = max(map(len, rows))
+        ids = torch.tensor([r + [tok.pad_token_id] * (width - len(r)) for r in rows])
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+        keep = mask.bool() & (torch.arange(width) >= keep_from)
+        keep[torch.arange(len(rows)), mask.sum(1) - 1] = False  # the last token predicts nothing
+        return ids, mask, keep
+
+    chat = [_chat_ids(tok, [{"role": "user", "content": q}, {"role": "assistant", "content": a}])
+            for q, a in (("who wrote hamlet ?", "shakespeare ."), ("what is the capital of france ?", "paris ."))]
+    replay = [_chat_ids(tok, [{"role": "user", "content": "tell me about rivers"},
+                              {"role": "assistant", "content": "rivers flow to the sea . " * 3}])]
+    starts = [_chat_ids(tok, [{"role": "user", "content": q}], prompt=True) for q in ("hello", "name a colour")]
+    header = len(_chat_ids(tok, [{"role": "user", "content": "hello"}], prompt=True))
+    train = batch(chat, header - 1)
+    rep = batch(replay, 1)
+    start = batch(starts, 0)
+    start[2][:] = False
+    start[2][torch.arange(2), start[1].sum(1) - 1] = True  # one position a prompt: the answer's first token
+    batches = [train, rep, start]
+
+    def run(fn):
+        model.zero_grad()
+        outs = fn()
+        sum(o.float().pow(2).mean() for o in outs).backward()
+        return [o.detach() for o in outs], {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    alone, g_alone = run(lambda: [prefix.logits(model, *b, None) for b in batches])
+    assert [o.shape[0] for o in alone] == [int(b[2].sum()) for b in batches]
+    calls = []
+    decoder = model.get_base_model().model
+    hook = decoder.register_forward_pre_hook(lambda m, a, kw: calls.append(kw["input_ids"].shape), with_kwargs=True)
+    for impl in ("sdpa", "eager"):
+        model.set_attn_implementation(impl)
+        for min_saved in (1, None):  # the prefix once, and in every row
+            calls.clear()
+            flat, g_flat = run(lambda: prefix.flat_logits(model, batches, min_saved))
+            assert all(torch.allclose(f, a, atol=1e-5) for f, a in zip(flat, alone, strict=True))
+            assert all(torch.allclose(g_flat[n], g, atol=1e-5, rtol=1e-4) for n, g in g_alone.items())
+            attended = sum(int(b[1].sum()) for b in batches)
+            shared = calls[0][1] if min_saved else 0  # five rows share the prefix: computed once, not in each row
+            assert calls == ([(1, shared)] if min_saved else []) + [(1, attended - 5 * shared)]
+            assert shared >= 2 or not min_saved  # the template's header; the replay row keeps its position 1
+    hook.remove()
+    model.set_attn_implementation("sdpa")
+    # a left-padded batch is not flattened: each batch's own pass
+    left = (train[0].flip(1), train[1].flip(1), train[2].flip(1))
+    out = prefix.flat_logits(model, [left, rep], None)
+    assert torch.allclose(out[1], alone[1], atol=1e-5)
+
+
 def test_answer_start_distillation_reads_the_first_answer_token_of_each_prompt(tiny_model_dir):
     """One recorded position a prompt, after the assistant's header: the model's distribution of an answer's first
     token; zero KD while the student is the teacher, more once its adapter moves."""
