@@ -360,7 +360,7 @@ def test_a_micro_batchs_rows_end_to_end_in_one_padding_free_pass_give_each_rows_
         model.set_attn_implementation(impl)
         for min_saved in (1, None):  # the prefix once, and in every row
             calls.clear()
-            flat, g_flat = run(lambda: prefix.flat_logits(model, batches, min_saved))
+            flat, g_flat = run(lambda m=min_saved: prefix.flat_logits(model, batches, m))
             assert all(torch.allclose(f, a, atol=1e-5) for f, a in zip(flat, alone, strict=True))
             assert all(torch.allclose(g_flat[n], g, atol=1e-5, rtol=1e-4) for n, g in g_alone.items())
             attended = sum(int(b[1].sum()) for b in batches)
