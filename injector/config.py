@@ -94,7 +94,8 @@ class TrainConfig(_Section):
     # on a CPU (one process), a micro-batch's training rows and the replay and answer-start rows distilled with it go
     # in one forward/backward pass, end to end with no padding, each row attending to its own tokens and the shared
     # prefix only (injector/prefix.flat_logits): the same logits and gradients, one pass instead of up to three, no
-    # arithmetic on padding. false: a pass each (measured in docs/BENCHMARKS.md)
+    # arithmetic on padding. Measured (docs/BENCHMARKS.md, stop 37): a 10-fact second night's training 329 -> 251 s
+    # (paired), the demo's 655 -> 516 s. false: a pass each
     flat_batches: bool = True
     max_length: int = Field(128, ge=16)  # per pair: a fact pair is ~40-70 tokens with the chat template
     # pairs of different facts per training conversation (train.pack_rows): the template's prefix is paid once per

@@ -46,7 +46,6 @@ def _backbone(model):
     return inner.base_model
 
 
-
 def flat_logits(model, batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
                 min_saved: int | None) -> list[torch.Tensor]:
     """`logits` of several right-padded batches (input_ids, attention_mask, keep) in one forward pass: every row's
@@ -62,7 +61,7 @@ def flat_logits(model, batches: list[tuple[torch.Tensor, torch.Tensor, torch.Ten
     rows = [(ids[:n], kp[:n]) for b_ids, b_mask, b_keep in batches
             for ids, kp, n in zip(b_ids, b_keep, b_mask.sum(1).tolist(), strict=True)]
     padded_right = all(int(m.sum()) == int(m.cumprod(1).sum()) for _, m, _ in batches)  # attended, then padding
-    if impl not in ("sdpa", "eager") or not padded_right or any(len(ids) < 2 for ids, _ in rows):
+    if impl not in ("sdpa", "eager") or not padded_right or any(not len(ids) for ids, _ in rows):
         return [logits(model, *b, min_saved) for b in batches]
     n = _flat_prefix([r for r, _ in rows]) if min_saved is not None else 0
     n = n if n * (len(rows) - 1) >= (min_saved or 1) else 0
@@ -75,7 +74,8 @@ def flat_logits(model, batches: list[tuple[torch.Tensor, torch.Tensor, torch.Ten
             cache, head = out.past_key_values, out.logits
         else:  # no logits: the decoder stack alone
             cache = _backbone(model)(input_ids=first, use_cache=True).past_key_values
-        n = n if cache is not None else 0  # no cache kept (gradient checkpointing): the prefix in every row
+        if cache is None:  # no cache kept (gradient checkpointing): the prefix in every row
+            n, head = 0, None
     ids = torch.cat([r[n:] for r, _ in rows])[None]
     pos = torch.cat([torch.arange(n, len(r), device=ids.device) for r, _ in rows])[None]
     seg = torch.cat([torch.full((len(r) - n,), i, device=ids.device) for i, (r, _) in enumerate(rows)])
@@ -84,7 +84,7 @@ def flat_logits(model, batches: list[tuple[torch.Tensor, torch.Tensor, torch.Ten
     if impl == "eager":  # an additive mask
         dtype = next(model.parameters()).dtype
         allow = torch.zeros(allow.shape, dtype=dtype, device=ids.device).masked_fill(~allow, torch.finfo(dtype).min)
-    out = model(input_ids=ids, position_ids=pos, attention_mask=allow, past_key_values=cache if n else None,
+    out = model(input_ids=ids, position_ids=pos, attention_mask=allow, past_key_values=cache,
                 logits_to_keep=torch.cat([k[n:] for _, k in rows])[None], use_cache=False).logits
     if head is not None:  # each row's prefix logits (the shared ones), then its own, in row-major order
         slot = (pre_keep.cumsum(0) - 1).tolist()
