@@ -104,6 +104,17 @@ def _peft(tiny_model_dir):
                           LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
 
 
+def _moved_peft(tiny_model_dir):
+    """`_peft` with a non-zero adapter (seeded), so the LoRA A matrices get gradients too."""
+    torch.manual_seed(0)
+    model = _peft(tiny_model_dir)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.2)
+    return model
+
+
 def test_ewc_penalty_zero_at_anchor_and_grows_with_distance(tiny_model_dir):
     from injector import ewc
 
@@ -260,12 +271,7 @@ def test_a_batchs_common_prompt_prefix_computed_once_gives_the_same_logits_and_g
     kept or a row's padding starts, and too short a saving takes the full pass."""
     from injector import prefix
 
-    torch.manual_seed(0)
-    model = _peft(tiny_model_dir)
-    with torch.no_grad():  # a non-zero adapter, so the LoRA A matrices get gradients too
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.2)
+    model = _moved_peft(tiny_model_dir)
     tok = load_tokenizer(str(tiny_model_dir))
     tok.padding_side = "right"
     rows = [_chat_ids(tok, [{"role": "user", "content": q}, {"role": "assistant", "content": a}])
@@ -316,12 +322,7 @@ def test_a_micro_batchs_rows_end_to_end_in_one_padding_free_pass_give_each_rows_
     in every row, under sdpa and eager attention; the passes run are the prefix's and one more."""
     from injector import prefix
 
-    torch.manual_seed(0)
-    model = _peft(tiny_model_dir)
-    with torch.no_grad():  # a non-zero adapter, so the LoRA A matrices get gradients too
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.2)
+    model = _moved_peft(tiny_model_dir)
     tok = load_tokenizer(str(tiny_model_dir))
 
     def batch(rows, keep_from):
