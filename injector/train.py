@@ -39,10 +39,12 @@ class EwcSpec:
 
 
 def resolve_precision(choice: str) -> str:
-    """bf16 only where matmuls are fast in bf16: CUDA with bf16, or a CPU with AVX512-BF16/AMX.
+    """bf16 only where training is fast in bf16: CUDA with bf16, or a CPU with AMX.
 
-    On an AVX2-only CPU bf16 matmul is ~150x slower than fp32 (measured: 1 vs 160 GFLOP/s). With fp32 weights asked
-    for (`INJECTOR_DTYPE=float32`, `models.weights_dtype`), auto is fp32 on any device.
+    On an AVX2-only CPU bf16 matmul is ~150x slower than fp32 (measured: 1 vs 160 GFLOP/s). On a 2-core Xeon with
+    AVX512-BF16 but no AMX, bf16 autocast made a training pass 1.7x slower than fp32 (SmolLM2-135M + LoRA, 8 x 60
+    tokens: 2.1 vs 1.25 s) and a 10-fact night's training 251 -> 130 s in fp32 (docs/BENCHMARKS.md, stop 37). With
+    fp32 weights asked for (`INJECTOR_DTYPE=float32`, `models.weights_dtype`), auto is fp32 on any device.
     """
     import torch
 
@@ -58,7 +60,7 @@ def resolve_precision(choice: str) -> str:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
         return "fp32"
-    return "bf16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "fp32"
+    return "bf16" if "amx_bf16" in flags else "fp32"
 
 
 def to_records(pairs: list[InstructionPair]) -> list[dict]:
